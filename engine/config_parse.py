@@ -164,9 +164,8 @@ def parse_config(raw: dict[str, Any], source: str = "config.json") -> ModelConfi
     values["rms_norm_eps"] = r.float("rms_norm_eps")
     values["routed_scaling_factor"] = r.float("routed_scaling_factor", 1.0)
     values["norm_topk_prob"] = r.bool("norm_topk_prob", True)
-    kv_heads = raw.get("num_key_value_heads", values["num_attention_heads"])
-    if kv_heads != values["num_attention_heads"]:
-        raise r.fail("num_key_value_heads", "must equal num_attention_heads for Lightning layers")
+    # num_key_value_heads is not read: Lightning layers use num_attention_heads for q, k and v
+    # (the checkpoint's query_key_value is 3 * H * D wide) and MLA shares one latent.
     _check_shapes(r, values)
     return ModelConfig(
         **values,

@@ -71,27 +71,30 @@ def load_state_dict(
     """All checkpoint tensors converted to `dtype` (norms and router stay fp32), after checking
     in one pass that names and shapes are exactly what the config implies. MTP is optional."""
     model_dir = Path(model_dir)
-    locations = {
-        name: (path, key) for name, path, key in iter_tensors(model_dir) if not is_ignored(name)
-    }
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for name, path, key in iter_tensors(model_dir):
+        if not is_ignored(name):
+            by_file.setdefault(path, []).append((name, key))
     shapes: dict[str, tuple[int, ...]] = {}
-    for name, (path, key) in locations.items():
+    for path, entries in by_file.items():
         with safe_open(str(path), framework="pt") as f:
-            shapes[name] = tuple(f.get_slice(key).get_shape())
+            shapes |= {name: tuple(f.get_slice(key).get_shape()) for name, key in entries}
     has_mtp = any(n.startswith(f"model.layers.{cfg.num_hidden_layers}.") for n in shapes)
     expected = expected_tensor_shapes(cfg, include_mtp=cfg.has_mtp and has_mtp)
     problems = _describe_problems(shapes, expected)
     if problems:
-        raise CheckpointError(
-            f"{model_dir}: checkpoint does not match config.json:\n  " + "\n  ".join(problems)
-        )
+        listing = "\n  ".join(problems)
+        raise CheckpointError(f"{model_dir}: checkpoint does not match config.json:\n  {listing}")
     tensors: dict[str, torch.Tensor] = {}
-    for name, (path, key) in locations.items():
+    for path, entries in by_file.items():
         with safe_open(str(path), framework="pt", device="cpu") as f:
-            t = f.get_tensor(key)
-        if t.dtype not in LOADABLE_DTYPES:
-            raise CheckpointError(f"{name}: dtype {t.dtype} not supported (fp32, bf16 or fp16)")
-        tensors[name] = t.to(device=device, dtype=_storage_dtype(name, dtype))
+            for name, key in entries:
+                t = f.get_tensor(key)
+                if t.dtype not in LOADABLE_DTYPES:
+                    raise CheckpointError(
+                        f"{name}: dtype {t.dtype} not supported (fp32, bf16, fp16)"
+                    )
+                tensors[name] = t.to(device=device, dtype=_storage_dtype(name, dtype))
     return tensors
 
 

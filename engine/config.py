@@ -69,7 +69,10 @@ class ModelConfig:
 
     # Derived layout -------------------------------------------------------------------------
     def is_mla_layer(self, layer_idx: int) -> bool:
-        return (layer_idx + 1) % self.layer_group_size == 0 or layer_idx >= self.num_hidden_layers
+        """Every layer_group_size-th layer; also the trailing layers past the last full group
+        (as SGLang, vLLM and mlx-lm read the checkpoints) and the MTP layers."""
+        group = self.layer_group_size
+        return (layer_idx + 1) % group == 0 or layer_idx >= self.num_hidden_layers // group * group
 
     def is_moe_layer(self, layer_idx: int) -> bool:
         return layer_idx >= self.first_k_dense_replace

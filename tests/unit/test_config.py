@@ -22,6 +22,11 @@ def test_layer_map_of_flash() -> None:
     assert cfg.is_mla_layer(32)  # the MTP layer
 
 
+def test_trailing_layers_past_the_last_group_are_mla() -> None:
+    cfg = parse_config(TINY_CONFIG | {"num_hidden_layers": 10})
+    assert cfg.mla_layers == (3, 7, 8, 9)
+
+
 def test_decay_uses_layer_idx_over_l_minus_1() -> None:
     cfg = parse_config(FLASH_LIKE)
     slopes = [2 ** (-8 * (h + 1) / 32) for h in range(32)]

@@ -9,7 +9,7 @@ MODEL_STAMP := $(MODEL_DIR)/model.safetensors
 MLX_STAMP := .venv-mlx/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup model run test lint bench bench-gpu mlx-venv clean help
+.PHONY: setup model proto run test lint bench bench-gpu mlx-venv clean help
 
 help:
 	@echo "make run        set up and run duet on the CPU with the tiny model"
@@ -27,10 +27,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
+# gRPC code generated from proto/duet/v1/*.proto into proto/gen (ignored by git).
+proto: $(STAMP)
+	@protos=$$(ls proto/duet/v1/*.proto 2>/dev/null); \
+	if [ -n "$$protos" ]; then mkdir -p proto/gen && \
+	  $(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen --pyi_out=proto/gen $$protos; \
+	else echo "make proto: no .proto files yet"; fi
+
 $(MODEL_STAMP): $(STAMP)
 	$(VENV)/bin/duet build-tiny-model --out $(MODEL_DIR)
 
-setup: $(STAMP) $(MODEL_STAMP)
+setup: $(STAMP) proto $(MODEL_STAMP)
 
 model: $(STAMP)
 	$(VENV)/bin/duet build-tiny-model --out $(MODEL_DIR)

@@ -58,6 +58,7 @@ test: setup mlx-venv lint
 
 bench: setup
 	$(PY) -m bench.cpu_engine
+	$(PY) -m bench.transfer_tcp
 
 bench-gpu: setup
 	$(PY) -m bench.gpu_kernels

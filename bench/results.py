@@ -29,9 +29,18 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _module_name() -> str:
+    """`bench.x` for a script run as `python -m bench.x` (argv[0] is then its file path)."""
+    script = Path(sys.argv[0]).resolve().with_suffix("")
+    try:
+        return ".".join(script.relative_to(RESULTS.parent.parent).parts)
+    except ValueError:
+        return script.name
+
+
 def append_results(title: str, table: str, notes: str = "") -> None:
     when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    command = " ".join(["python", "-m", *sys.argv]) if sys.argv else "?"
+    command = f"python -m {_module_name()} {' '.join(sys.argv[1:])}".strip()
     block = f"\n## {title}\n{when} · {machine_description()} · `{command}`\n\n{table}\n"
     if notes:
         block += f"\n{notes}\n"

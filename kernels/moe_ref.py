@@ -43,8 +43,8 @@ def moe_route_ref(
 
 def swiglu_mlp_ref(x: Tensor, w13: Tensor, w2: Tensor) -> Tensor:
     """down(silu(gate x) * up x) with w13 = [gate_proj ; up_proj] ([2I, Hd]) and w2 [Hd, I]."""
-    gate, up = F.linear(x, w13).chunk(2, dim=-1)
-    return F.linear(F.silu(gate) * up, w2)
+    gate, up = F.linear(x.float(), w13.float()).chunk(2, dim=-1)
+    return F.linear(F.silu(gate) * up, w2.float()).to(x.dtype)
 
 
 def fused_moe_ref(

@@ -27,17 +27,21 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 
-# gRPC code generated from proto/duet/v1/*.proto into proto/gen (ignored by git).
-proto: $(STAMP)
-	@protos=$$(ls proto/duet/v1/*.proto 2>/dev/null); \
-	if [ -n "$$protos" ]; then mkdir -p proto/gen && \
-	  $(PY) -m grpc_tools.protoc -Iproto --python_out=proto/gen --grpc_python_out=proto/gen --pyi_out=proto/gen $$protos; \
-	else echo "make proto: no .proto files yet"; fi
+# gRPC code generated from proto/duet/v1/*.proto into duet/v1/ (ignored by git): the proto
+# package duet.v1 becomes the Python package duet.v1 inside duet.
+PROTOS := $(wildcard proto/duet/v1/*.proto)
+PROTO_STAMP := duet/v1/.generated
+
+$(PROTO_STAMP): $(PROTOS) $(STAMP)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	@touch duet/v1/__init__.py $@
+
+proto: $(PROTO_STAMP)
 
 $(MODEL_STAMP): $(STAMP)
 	$(VENV)/bin/duet build-tiny-model --out $(MODEL_DIR)
 
-setup: $(STAMP) proto $(MODEL_STAMP)
+setup: $(STAMP) $(PROTO_STAMP) $(MODEL_STAMP)
 
 model: $(STAMP)
 	$(VENV)/bin/duet build-tiny-model --out $(MODEL_DIR)
@@ -64,4 +68,4 @@ bench-gpu: setup
 	$(PY) -m bench.gpu_kernels
 
 clean:
-	rm -rf $(VENV) .venv-mlx $(MODEL_DIR) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .venv-mlx $(MODEL_DIR) .pytest_cache .ruff_cache duet/v1

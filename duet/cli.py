@@ -22,9 +22,9 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _registrars() -> list[Registrar]:
-    from duet import generate_cmd, model_cmd
+    from duet import generate_cmd, model_cmd, worker_cmd
 
-    registrars: list[Registrar] = [generate_cmd.register, model_cmd.register]
+    registrars: list[Registrar] = [generate_cmd.register, model_cmd.register, worker_cmd.register]
     try:
         from control_plane.autoscaler.cli import register as autoscaler
     except ImportError:

@@ -6,6 +6,8 @@ its owner frees it with `release` on every exit path, abort included.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -91,6 +93,13 @@ class ModelRunner:
         )
         return flat[:, : seq.length].clone() if len(seq.pages) * ps >= seq.length else flat
 
+    def layer_latents(self, seq: SeqCache, mla_layer: int, num_tokens: int) -> Tensor:
+        """A copy of one MLA layer's latents of the first `num_tokens` tokens: [num_tokens, W]
+        (during a forward, seq.length still counts only the tokens before it)."""
+        pages = torch.tensor(seq.pages, device=self.model.device)
+        flat = self.latents.storage[mla_layer, pages].reshape(-1, self.cfg.latent_dim)
+        return flat[:num_tokens].clone()
+
     def read_state(self, seq: SeqCache) -> Tensor:
         return self.states.storage[seq.slot].clone()
 
@@ -157,7 +166,12 @@ class ModelRunner:
         )
         return batch, snap_keys
 
-    def _run(self, items: list[PrefillItem], is_decode: bool) -> PrefillOutput:
+    def _run(
+        self,
+        items: list[PrefillItem],
+        is_decode: bool,
+        after_layer: Callable[[int], None] | None = None,
+    ) -> PrefillOutput:
         batch, snap_keys = self._batch(items, is_decode)
         tokens = torch.tensor([t for it in items for t in it.tokens], device=self.model.device)
         snaps = None
@@ -171,7 +185,7 @@ class ModelRunner:
                 c.head_dim,
             )
             snaps = torch.empty(shape, dtype=torch.float32, device=self.model.device)
-        hidden = self.model.forward_cached(tokens, batch, self.cache, snaps)
+        hidden = self.model.forward_cached(tokens, batch, self.cache, snaps, after_layer)
         for it in items:
             it.seq.length += len(it.tokens)
         snapshots = {key: snaps[n] for n, key in enumerate(snap_keys)} if snaps is not None else {}
@@ -183,9 +197,17 @@ class ModelRunner:
             raise ValueError("every prefill item needs at least one new token")
         return self._run(items, is_decode=False)
 
-    def prefill_chunked(self, items: list[PrefillItem], chunk_tokens: int) -> PrefillOutput:
+    def prefill_chunked(
+        self,
+        items: list[PrefillItem],
+        chunk_tokens: int,
+        on_layer_done: Callable[[int, list[int]], None] | None = None,
+    ) -> PrefillOutput:
         """Prefill in calls of at most `chunk_tokens` new tokens per sequence; returns each
-        item's output from the call that processed its last token."""
+        item's output from the call that processed its last token.
+
+        `on_layer_done(layer, items)` runs in the call that completes those items, as soon as
+        `layer` has written their final latents / state (for layer-wise streaming)."""
         results: dict[int, tuple[Tensor, Tensor]] = {}
         snapshots: dict[tuple[int, int], Tensor] = {}
         offsets = [0] * len(items)
@@ -199,7 +221,15 @@ class ModelRunner:
                 )
                 for b in active
             ]
-            out = self._run(chunk, is_decode=False)
+            finishing = [
+                b
+                for b, c in zip(active, chunk, strict=True)
+                if offsets[b] + len(c.tokens) >= len(items[b].tokens)
+            ]
+            hook = None
+            if on_layer_done is not None and finishing:
+                hook = functools.partial(_call_layer_hook, on_layer_done, finishing)
+            out = self._run(chunk, is_decode=False, after_layer=hook)
             for j, b in enumerate(active):
                 offsets[b] += len(chunk[j].tokens)
                 if offsets[b] >= len(items[b].tokens):
@@ -213,3 +243,7 @@ class ModelRunner:
         """One decode step: token b is appended to sequence b. Returns logits [B, V] fp32."""
         items = [PrefillItem(s, [t]) for s, t in zip(seqs, tokens, strict=True)]
         return self._run(items, is_decode=True).logits
+
+
+def _call_layer_hook(hook: Callable[[int, list[int]], None], items: list[int], layer: int) -> None:
+    hook(layer, items)

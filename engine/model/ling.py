@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,10 +95,12 @@ class LingModel:
         batch: ForwardBatch,
         cache: CacheViews,
         snapshots: Tensor | None = None,
+        after_layer: Callable[[int], None] | None = None,
     ) -> Tensor:
         """Final-normed hidden state of each sequence's last new token: [B, hidden].
 
-        `snapshots` ([N, lin_layers, H, D, D] fp32) receives the state at batch.snapshot_ends."""
+        `snapshots` ([N, lin_layers, H, D, D] fp32) receives the state at batch.snapshot_ends.
+        `after_layer(i)` runs once layer i has written its latents or states (layer streaming)."""
         h = self.embed[token_ids]
         for i, layer in enumerate(self.layers):
             if layer.is_mla:
@@ -107,5 +110,7 @@ class LingModel:
                 j = self.linear_index[i]
                 snap = snapshots[:, j] if snapshots is not None else None
                 h = layer.forward_cached(h, batch, cache.state_slots[:, j], snap)
+            if after_layer is not None:
+                after_layer(i)
         last = batch.cu_seqlens[1:] - 1
         return self.final_norm(h[last])

@@ -1,0 +1,272 @@
+"""The decode worker's core (no gRPC): reservations under a transfer lease, continuous
+batching on one step thread, token events to per-request sinks.
+
+Ownership: a request's pages and slot are released exactly once, by `_finish`. Requests in the
+running batch are finished only by the step thread; others by whoever ends them (abort, lease
+expiry, failed commit) under the lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+import torch
+
+from decode_worker.request import DecodeRequest, Event, Failure, Phase, Preempted, Sink, TokenOut
+from engine.model.ling import LingModel
+from engine.runner import ModelRunner
+from engine.sampling import Sampler, SamplingParams
+from engine.transfer.base import ChecksumMismatch, TransferDescriptor, TransferError
+from engine.transfer.tcp import TcpReceiver
+from engine.transfer_layout import HIDDEN, expected_tensors
+from engine.worker_config import WorkerConfig
+
+log = logging.getLogger(__name__)
+STOP, LENGTH = "stop", "length"
+StopCheckFactory = Callable[[SamplingParams], Callable[[int], bool]]
+
+
+class DecodeEngine:
+    def __init__(
+        self,
+        cfg: WorkerConfig,
+        model: LingModel,
+        eos_ids: tuple[int, ...],
+        stop_check_factory: StopCheckFactory | None = None,
+    ) -> None:
+        self.cfg, self.model = cfg, model
+        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
+        self.eos_ids = eos_ids
+        self.stop_check_factory = stop_check_factory
+        self.receiver = TcpReceiver(
+            self._destination, self._on_expired, host=cfg.host, advertise_host=cfg.advertise_host
+        )
+        self._lock = threading.Condition()
+        self._requests: dict[str, DecodeRequest] = {}
+        self._admit: list[DecodeRequest] = []
+        self._running: list[DecodeRequest] = []
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="duet-decode-step", daemon=True)
+        self._thread.start()
+
+    # Reservation and transfer --------------------------------------------------------------
+    def reserve(
+        self, request_id: str, prompt_ids: list[int], params: SamplingParams
+    ) -> TransferDescriptor:
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context")
+        with self._lock:
+            if request_id in self._requests:
+                raise ValueError(f"request {request_id} already exists")
+            seq = self.runner.new_sequence(len(prompt_ids) + 1)  # OutOfCapacity propagates
+            hidden = torch.empty(
+                self.model.cfg.hidden_size, dtype=self.model.dtype, device=self.model.device
+            )
+            req = DecodeRequest(request_id, list(prompt_ids), params, seq, hidden, Sampler(params))
+            if self.stop_check_factory is not None and params.stop:
+                req.stop_check = self.stop_check_factory(params)
+            self._requests[request_id] = req
+        expected = expected_tensors(self.model.cfg, len(prompt_ids), self.model.dtype)
+        try:
+            descriptor = self.receiver.reserve(request_id, expected, self.cfg.lease_s)
+        except Exception:
+            self._end(request_id, Failure("UNAVAILABLE", "transfer reservation failed"))
+            raise
+        threading.Thread(target=self._await_commit, args=(request_id,), daemon=True).start()
+        return descriptor
+
+    def _destination(self, request_id: str, name: str) -> torch.Tensor | list[torch.Tensor]:
+        with self._lock:
+            req = self._requests[request_id]
+        if name == HIDDEN:
+            return req.hidden
+        kind, layer = name.split(".")
+        if kind == "state":
+            return self.runner.states.storage[req.seq.slot, self.model.linear_index[int(layer)]]
+        storage = self.runner.latents.storage[self.model.mla_index[int(layer)]]
+        ps, n = self.runner.latents.page_size, len(req.prompt_ids)
+        pages = req.seq.pages[: self.runner.latents.pages_for(n)]
+        return [storage[p, : min(ps, n - k * ps)] for k, p in enumerate(pages)]
+
+    def _await_commit(self, request_id: str) -> None:
+        try:
+            self.receiver.wait_committed(request_id, self.cfg.lease_s + 1.0)
+        except TransferError as exc:
+            code = "DATA_LOSS" if isinstance(exc, ChecksumMismatch) else "UNAVAILABLE"
+            self._end(
+                request_id, Failure(code, f"cache transfer failed: {type(exc).__name__}: {exc}")
+            )
+            return
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None or req.phase is not Phase.RESERVED or req.abort_requested:
+                return
+            req.seq.length = len(req.prompt_ids)
+            req.phase = Phase.COMMITTED
+            self._admit.append(req)
+            self._lock.notify_all()
+
+    def _on_expired(self, request_id: str) -> None:
+        self._end(
+            request_id, Failure("DEADLINE_EXCEEDED", "cache transfer lease expired before commit")
+        )
+
+    # Client side -----------------------------------------------------------------------------
+    def attach(self, request_id: str, sink: Sink) -> bool:
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None:
+                return False
+            req.attach(sink)
+            return True
+
+    def abort(self, request_id: str) -> bool:
+        return self._end(request_id, Failure("CANCELLED", "aborted"))
+
+    def _end(self, request_id: str, failure: Failure) -> bool:
+        """End a request that is not (yet) running; a running one is flagged for the step thread.
+
+        The transfer is aborted outside the lock (the receiver's threads take it to find
+        destinations); once that returns nothing writes into the request's pages."""
+        with self._lock:
+            req = self._requests.get(request_id)
+            if req is None or req.phase is Phase.FINISHED or req.abort_requested:
+                return False
+            req.abort_requested = True
+            if req.phase is Phase.RUNNING:
+                return True
+            if req in self._admit:
+                self._admit.remove(req)
+        self.receiver.abort(request_id)
+        with self._lock:
+            if req.phase is not Phase.FINISHED:
+                self._finish(req, failure)
+        return True
+
+    def _finish(self, req: DecodeRequest, last: Event | None) -> None:
+        """Release the request's pages and slot (caller holds the lock)."""
+        req.phase = Phase.FINISHED
+        self.runner.release(req.seq)
+        self._requests.pop(req.request_id, None)
+        if last is not None:
+            req.emit(last)
+
+    # Step loop -------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._admit and not self._running:
+                    self._lock.wait(timeout=0.5)
+                if self._stopping:
+                    return
+                admitted, self._admit = self._admit, []
+                for req in admitted:
+                    req.phase = Phase.RUNNING
+                self._running.extend(admitted)
+            try:
+                self._step(admitted)
+            except Exception as exc:  # a bug must not leak the batch: fail it and free
+                log.exception("decode step failed")
+                with self._lock:
+                    for req in self._running:
+                        self._finish(req, Failure("INTERNAL", f"decode step failed: {exc}"))
+                    self._running = []
+
+    def _step(self, admitted: list[DecodeRequest]) -> None:
+        if admitted:
+            logits = self.model.logits(torch.stack([r.hidden for r in admitted]))
+            for req, row in zip(admitted, logits, strict=True):
+                self._sample(req, row)
+        self._retire()
+        decoding = self._make_room()
+        if decoding:
+            logits = self.runner.decode(
+                [r.seq for r in decoding], [r.generated[-1] for r in decoding]
+            )
+            for req, row in zip(decoding, logits, strict=True):
+                self._sample(req, row)
+            self._retire()
+
+    def _sample(self, req: DecodeRequest, logits: torch.Tensor) -> None:
+        p = req.params
+        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids))
+        banned = tuple(stops) if len(req.generated) < p.min_tokens else ()
+        sampled = req.sampler.sample(logits, banned)
+        req.generated.append(sampled.token)
+        reason = None
+        hit_stop_token = len(req.generated) > p.min_tokens and sampled.token in stops
+        if hit_stop_token or (req.stop_check is not None and req.stop_check(sampled.token)):
+            reason = STOP
+        elif (
+            len(req.generated) >= p.max_tokens
+            or req.seq.length + 1 >= self.model.cfg.max_position_embeddings
+        ):
+            reason = LENGTH
+        req.emit(TokenOut(sampled, reason))
+        req.done = reason is not None
+
+    def _retire(self) -> None:
+        """Free finished and aborted requests at the step boundary."""
+        with self._lock:
+            keep = []
+            for req in self._running:
+                if req.done:
+                    self._finish(req, None)
+                elif req.abort_requested:
+                    self._finish(req, Failure("CANCELLED", "aborted"))
+                else:
+                    keep.append(req)
+            self._running = keep
+
+    def _make_room(self) -> list[DecodeRequest]:
+        """Pages for one more token per running sequence; preempts the newest requests
+        (handed back for re-prefill) rather than failing or stalling."""
+        with self._lock:
+            while self._running:
+                need = sum(
+                    self.runner.latents.pages_for(r.seq.length + 1) - len(r.seq.pages)
+                    for r in self._running
+                )
+                if need <= self.runner.latents.num_free:
+                    break
+                victim = self._running.pop()
+                self._finish(victim, Preempted())
+            for r in self._running:
+                self.runner.ensure_capacity(r.seq, r.seq.length + 1)
+            return list(self._running)
+
+    # Introspection and shutdown --------------------------------------------------------------
+    def load(self) -> dict[str, object]:
+        with self._lock:
+            try:
+                self.runner.check_integrity()
+                ok, err = True, ""
+            except AssertionError as exc:
+                ok, err = False, str(exc)
+            return {
+                "running_requests": len(self._running),
+                "queued_requests": len(self._admit),
+                "free_pages": self.runner.latents.num_free,
+                "total_pages": self.runner.latents.pages.total,
+                "free_slots": self.runner.states.num_free,
+                "total_slots": self.runner.states.slots.total,
+                "pending_transfers": self.receiver.pending(),
+                "integrity_ok": ok,
+                "integrity_error": err,
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        self._thread.join(timeout=10)
+        with self._lock:
+            for req in list(self._requests.values()):
+                self.receiver.abort(req.request_id)
+                self._finish(req, Failure("UNAVAILABLE", "decode worker shutting down"))
+            self._running, self._admit = [], []
+        self.receiver.close()

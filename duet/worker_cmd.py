@@ -1,0 +1,111 @@
+"""`duet prefill-worker` and `duet decode-worker`: one worker process each."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+import torch
+
+from engine.worker_config import WorkerConfig, add_worker_args, config_from_args
+
+DESCRIPTIONS = {
+    "prefill": "Run a prefill worker: batches prompts up to a token budget, prefills them in "
+    "chunks, and streams each layer's MLA latents and final Lightning state to the decode "
+    "worker named in each request, then commits with a checksummed manifest.",
+    "decode": "Run a decode worker: reserves latent pages and a state slot per request under a "
+    "lease, verifies the transferred caches, decodes all committed requests in one continuous "
+    "batch, and streams tokens.",
+}
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    for role in ("prefill", "decode"):
+        p = sub.add_parser(
+            f"{role}-worker", help=f"run a {role} worker", description=DESCRIPTIONS[role]
+        )
+        add_worker_args(p)
+        p.set_defaults(func=run, role=role)
+
+
+def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
+    from engine.model.ling import LingModel
+
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    if cfg.transfer_backend not in ("tcp", "auto"):
+        raise ValueError(
+            f"--transfer-backend {cfg.transfer_backend} is not wired into the workers yet; use tcp"
+        )
+    return LingModel.from_pretrained(cfg.model_dir, getattr(torch, cfg.dtype), cfg.device)
+
+
+def _stop_check_factory(model_dir):  # type: ignore[no-untyped-def]
+    """Stop strings on the decode worker need the tokenizer; None when the model has none."""
+    from pathlib import Path
+
+    if not (Path(model_dir) / "tokenizer.json").is_file():
+        return None
+    from engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
+    from engine.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.from_dir(model_dir)
+
+    def make(params):  # type: ignore[no-untyped-def]
+        detok, matcher = IncrementalDetokenizer(tokenizer), StopStringMatcher(list(params.stop))
+        return lambda token: matcher.feed(detok.add(token)).stopped
+
+    return make, tokenizer
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        cfg = config_from_args(args.role, args)
+        model = _load_model(cfg)
+    except (ValueError, OSError) as exc:
+        sys.stderr.write(f"duet {args.role}-worker: error: {exc}\n")
+        return 2
+    if cfg.role == "prefill":
+        return _run_prefill(cfg, model)
+    return _run_decode(cfg, model)
+
+
+def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
+    from duet.grpc_server import serve
+    from duet.v1 import worker_pb2_grpc as pb_grpc
+    from prefill_worker.engine import PrefillEngine
+    from prefill_worker.service import PrefillService
+
+    engine = PrefillEngine(cfg, model)
+
+    def add(server) -> str:  # type: ignore[no-untyped-def]
+        pb_grpc.add_PrefillWorkerServicer_to_server(PrefillService(engine), server)
+        return "duet.v1.PrefillWorker"
+
+    asyncio.run(serve([add], cfg.host, cfg.port, {"role": "prefill"}, engine.close))
+    return 0
+
+
+def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
+    from decode_worker.engine import DecodeEngine
+    from decode_worker.service import DecodeService
+    from duet.grpc_server import serve
+    from duet.v1 import worker_pb2_grpc as pb_grpc
+
+    found = _stop_check_factory(cfg.model_dir)
+    factory, tokenizer = found if found else (None, None)
+    eos = model.cfg.eos_token_ids or (tuple(tokenizer.eos_ids) if tokenizer else ())
+    engine = DecodeEngine(cfg, model, eos, factory)
+
+    def add(server) -> str:  # type: ignore[no-untyped-def]
+        pb_grpc.add_DecodeWorkerServicer_to_server(DecodeService(engine), server)
+        return "duet.v1.DecodeWorker"
+
+    info = {"role": "decode", "transfer_port": engine.receiver.port}
+    asyncio.run(serve([add], cfg.host, cfg.port, info, engine.close))
+    return 0

@@ -1,0 +1,142 @@
+"""Worker configuration: one frozen dataclass, built once from CLI flags with DUET_* environment
+defaults (the Helm chart sets the environment; flags win)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+TRANSFER_BACKENDS = ("tcp", "cuda_ipc", "nccl", "auto")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    role: str  # prefill | decode
+    model_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    advertise_host: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
+    num_pages: int = 2048
+    page_size: int = 16
+    num_slots: int = 64
+    max_batch_tokens: int = 4096
+    prefill_chunk: int = 512
+    transfer_backend: str = "tcp"
+    lease_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.role not in ("prefill", "decode"):
+            raise ValueError(f"role must be prefill or decode, got {self.role!r}")
+        for name in ("num_pages", "page_size", "num_slots", "max_batch_tokens", "prefill_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if not 0 <= self.port < 65536:
+            raise ValueError(f"--port must be in [0, 65535], got {self.port}")
+        if self.transfer_backend not in TRANSFER_BACKENDS:
+            raise ValueError(f"--transfer-backend must be one of {TRANSFER_BACKENDS}")
+        if self.lease_s <= 0:
+            raise ValueError("--lease-s must be > 0")
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"DUET_{name}", default)
+
+
+def add_worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path(_env("MODEL", "models/ling-tiny")),
+        help="model directory (env DUET_MODEL)",
+    )
+    p.add_argument(
+        "--host", default=_env("HOST", "127.0.0.1"), help="address to bind (default: %(default)s)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", "0")),
+        help="gRPC port, 0 = pick a free one (default: %(default)s)",
+    )
+    p.add_argument(
+        "--advertise-host",
+        default=os.environ.get("DUET_ADVERTISE_HOST"),
+        help="address peers use to reach this worker (env DUET_ADVERTISE_HOST, e.g. the pod IP)",
+    )
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default=_env("DEVICE", "cpu"),
+        help="(env DUET_DEVICE, default: %(default)s)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=_env("DTYPE", "float32"),
+        help="(env DUET_DTYPE, default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-pages",
+        type=int,
+        default=int(_env("NUM_PAGES", "2048")),
+        help="latent pool pages (default: %(default)s)",
+    )
+    p.add_argument(
+        "--page-size",
+        type=int,
+        default=int(_env("PAGE_SIZE", "16")),
+        help="tokens per page (default: %(default)s)",
+    )
+    p.add_argument(
+        "--num-slots",
+        type=int,
+        default=int(_env("NUM_SLOTS", "64")),
+        help="state slots = max concurrent sequences (default: %(default)s)",
+    )
+    p.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=int(_env("MAX_BATCH_TOKENS", "4096")),
+        help="prefill tokens per step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=int(_env("PREFILL_CHUNK", "512")),
+        help="max tokens of one prompt per prefill step (default: %(default)s)",
+    )
+    p.add_argument(
+        "--transfer-backend",
+        choices=TRANSFER_BACKENDS,
+        default=_env("TRANSFER_BACKEND", "tcp"),
+        help="cache transfer backend (env DUET_TRANSFER_BACKEND, default: %(default)s)",
+    )
+    p.add_argument(
+        "--lease-s",
+        type=float,
+        default=float(_env("LEASE_S", "30")),
+        help="decode: seconds an uncommitted reservation is kept (default: %(default)s)",
+    )
+
+
+def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
+    return WorkerConfig(
+        role=role,
+        model_dir=args.model,
+        host=args.host,
+        port=args.port,
+        advertise_host=args.advertise_host,
+        device=args.device,
+        dtype=args.dtype,
+        num_pages=args.num_pages,
+        page_size=args.page_size,
+        num_slots=args.num_slots,
+        max_batch_tokens=args.max_batch_tokens,
+        prefill_chunk=args.prefill_chunk,
+        transfer_backend=args.transfer_backend,
+        lease_s=args.lease_s,
+    )

@@ -1,0 +1,221 @@
+"""The prefill worker's core (no gRPC): a queue of jobs, batched up to a token budget on one
+step thread, each prompt chunked, each layer's latents / final state handed to the job's
+outbound transfer as soon as that layer is done.
+
+Ownership: a job's pages and slot live only within one step (`_run_batch` frees them in
+`finally`); what is sent are copies, so a slow or dead peer never holds pool memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.model.ling import LingModel
+from engine.runner import ModelRunner, PrefillItem, SeqCache
+from engine.transfer.base import TransferDescriptor, TransferError
+from engine.transfer.tcp import TcpSender
+from engine.transfer_layout import HIDDEN, layer_tensor_name
+from engine.worker_config import WorkerConfig
+from prefill_worker.outbound import Outbound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PrefillResult:
+    prompt_tokens: int
+    computed_tokens: int
+    transfer_bytes: int
+    compute_s: float
+    transfer_s: float
+
+
+@dataclass
+class PrefillJob:
+    request_id: str
+    prompt_ids: list[int]
+    destination: TransferDescriptor
+    deadline: float  # time.monotonic()
+    result: Future[PrefillResult] = field(default_factory=Future)
+    outbound: Outbound | None = None
+    aborted: bool = False
+
+
+class PrefillEngine:
+    def __init__(self, cfg: WorkerConfig, model: LingModel) -> None:
+        self.cfg, self.model = cfg, model
+        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
+        self._lock = threading.Condition()
+        self._queue: deque[PrefillJob] = deque()
+        self._jobs: dict[str, PrefillJob] = {}
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="duet-prefill-step", daemon=True)
+        self._thread.start()
+
+    def submit(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        destination: TransferDescriptor,
+        deadline_s: float,
+    ) -> Future[PrefillResult]:
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
+            raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context")
+        bad = [t for t in prompt_ids if t >= self.model.cfg.vocab_size]
+        if bad:
+            raise ValueError(f"token ids out of range: {bad[:5]}")
+        job = PrefillJob(request_id, list(prompt_ids), destination, time.monotonic() + deadline_s)
+        with self._lock:
+            if request_id in self._jobs:
+                raise ValueError(f"request {request_id} is already prefilling")
+            self._jobs[request_id] = job
+            self._queue.append(job)
+            self._lock.notify_all()
+        job.result.add_done_callback(lambda _f: self._forget(request_id))
+        return job.result
+
+    def _forget(self, request_id: str) -> None:
+        with self._lock:
+            self._jobs.pop(request_id, None)
+
+    def abort(self, request_id: str) -> bool:
+        with self._lock:
+            job = self._jobs.get(request_id)
+            if job is None:
+                return False
+            job.aborted = True
+            if job in self._queue:
+                self._queue.remove(job)
+                job.result.set_exception(TransferError("aborted before prefill started"))
+                return True
+        if job.outbound is not None:
+            job.outbound.abort()
+        return True
+
+    def _take_batch(self) -> list[PrefillJob]:
+        """Jobs up to the token budget (always at least one), oldest first."""
+        batch: list[PrefillJob] = []
+        tokens = 0
+        while self._queue:
+            n = len(self._queue[0].prompt_ids)
+            if batch and (
+                tokens + n > self.cfg.max_batch_tokens
+                or len(batch) >= self.runner.states.slots.total
+            ):
+                break
+            batch.append(self._queue.popleft())
+            tokens += n
+        return batch
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stopping and not self._queue:
+                    self._lock.wait(timeout=0.5)
+                if self._stopping:
+                    return
+                batch = self._take_batch()
+            live = [j for j in batch if not self._expired(j)]
+            if live:
+                self._run_batch(live)
+
+    def _expired(self, job: PrefillJob) -> bool:
+        if time.monotonic() < job.deadline:
+            return False
+        job.result.set_exception(TransferError("prefill deadline passed while queued"))
+        return True
+
+    def _run_batch(self, jobs: list[PrefillJob]) -> None:
+        seqs: list[SeqCache] = []
+        start = time.monotonic()
+        try:
+            for job in jobs:
+                seqs.append(self.runner.new_sequence(len(job.prompt_ids)))
+                job.outbound = Outbound(TcpSender(), job.destination, job.deadline)
+            items = [PrefillItem(s, j.prompt_ids) for s, j in zip(seqs, jobs, strict=True)]
+
+            def layer_done(layer: int, finishing: list[int]) -> None:
+                name = layer_tensor_name(self.model.cfg, layer)
+                for b in finishing:
+                    tensor = self._layer_tensor(seqs[b], layer, len(jobs[b].prompt_ids))
+                    jobs[b].outbound.put(name, tensor)  # type: ignore[union-attr]
+
+            out = self.runner.prefill_chunked(items, self.cfg.prefill_chunk, layer_done)
+            compute_s = time.monotonic() - start
+            for b, job in enumerate(jobs):
+                job.outbound.put(HIDDEN, out.hidden[b].clone())  # type: ignore[union-attr]
+                job.outbound.commit()  # type: ignore[union-attr]
+                self._resolve_when_sent(job, compute_s, start)
+        except Exception as exc:
+            log.exception("prefill batch failed")
+            for job in jobs:
+                if job.outbound is not None:
+                    job.outbound.abort()
+                if not job.result.done():
+                    job.result.set_exception(exc)
+        finally:
+            for s in seqs:
+                self.runner.release(s)
+
+    def _layer_tensor(self, seq: SeqCache, layer: int, num_tokens: int) -> torch.Tensor:
+        if self.model.cfg.is_mla_layer(layer):
+            return self.runner.layer_latents(seq, self.model.mla_index[layer], num_tokens)
+        return self.runner.states.storage[seq.slot, self.model.linear_index[layer]].clone()
+
+    def _resolve_when_sent(self, job: PrefillJob, compute_s: float, start: float) -> None:
+        def done(f: Future[int]) -> None:
+            if f.exception() is not None:
+                job.result.set_exception(f.exception())  # type: ignore[arg-type]
+                return
+            n = len(job.prompt_ids)
+            job.result.set_result(
+                PrefillResult(n, n, f.result(), compute_s, time.monotonic() - start)
+            )
+
+        job.outbound.done.add_done_callback(done)  # type: ignore[union-attr]
+
+    def load(self) -> dict[str, object]:
+        with self._lock:
+            try:
+                self.runner.check_integrity()
+                ok, err = True, ""
+            except AssertionError as exc:
+                ok, err = False, str(exc)
+            return {
+                "queued_requests": len(self._queue),
+                "queued_tokens": sum(len(j.prompt_ids) for j in self._queue),
+                "running_requests": len(self._jobs) - len(self._queue),
+                "free_pages": self.runner.latents.num_free,
+                "total_pages": self.runner.latents.pages.total,
+                "free_slots": self.runner.states.num_free,
+                "total_slots": self.runner.states.slots.total,
+                "pending_transfers": sum(
+                    1
+                    for j in self._jobs.values()
+                    if j.outbound is not None and not j.outbound.done.done()
+                ),
+                "integrity_ok": ok,
+                "integrity_error": err,
+            }
+
+    def close(self) -> None:
+        with self._lock:
+            self._stopping = True
+            pending = list(self._jobs.values())
+            self._queue.clear()
+            self._lock.notify_all()
+        for job in pending:
+            if job.outbound is not None:
+                job.outbound.abort()
+            if not job.result.done():
+                job.result.set_exception(TransferError("prefill worker shutting down"))
+        self._thread.join(timeout=10)

@@ -37,12 +37,26 @@ class PrefillResult:
     transfer_s: float
 
 
+@dataclass(frozen=True)
+class CachedPrefix:
+    """A resume point for a prompt: the latents of its first n tokens ([mla_layers, n, W]) and
+    the Lightning state after them ([linear_layers, H, D, D] fp32), e.g. from the prefix cache."""
+
+    latents: torch.Tensor
+    state: torch.Tensor
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.latents.shape[1])
+
+
 @dataclass
 class PrefillJob:
     request_id: str
     prompt_ids: list[int]
     destination: TransferDescriptor
     deadline: float  # time.monotonic()
+    prefix: CachedPrefix | None = None
     result: Future[PrefillResult] = field(default_factory=Future)
     outbound: Outbound | None = None
     aborted: bool = False
@@ -65,15 +79,21 @@ class PrefillEngine:
         prompt_ids: list[int],
         destination: TransferDescriptor,
         deadline_s: float,
+        prefix: CachedPrefix | None = None,
     ) -> Future[PrefillResult]:
+        """Queue a prompt; with `prefix`, its first prefix.num_tokens tokens are not computed
+        (at least one token always is: the last one's hidden state goes to the decode side)."""
         if not prompt_ids:
             raise ValueError("empty prompt")
+        if prefix is not None and not 0 < prefix.num_tokens < len(prompt_ids):
+            raise ValueError("a cached prefix must be shorter than the prompt")
         if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context")
         bad = [t for t in prompt_ids if t >= self.model.cfg.vocab_size]
         if bad:
             raise ValueError(f"token ids out of range: {bad[:5]}")
-        job = PrefillJob(request_id, list(prompt_ids), destination, time.monotonic() + deadline_s)
+        deadline = time.monotonic() + deadline_s
+        job = PrefillJob(request_id, list(prompt_ids), destination, deadline, prefix)
         with self._lock:
             if request_id in self._jobs:
                 raise ValueError(f"request {request_id} is already prefilling")
@@ -140,8 +160,12 @@ class PrefillEngine:
         try:
             for job in jobs:
                 seqs.append(self.runner.new_sequence(len(job.prompt_ids)))
+                if job.prefix is not None:
+                    self.runner.load_prefix(seqs[-1], job.prefix.latents, job.prefix.state)
                 job.outbound = Outbound(TcpSender(), job.destination, job.deadline)
-            items = [PrefillItem(s, j.prompt_ids) for s, j in zip(seqs, jobs, strict=True)]
+            items = [
+                PrefillItem(s, j.prompt_ids[s.length :]) for s, j in zip(seqs, jobs, strict=True)
+            ]
 
             def layer_done(layer: int, finishing: list[int]) -> None:
                 name = layer_tensor_name(self.model.cfg, layer)
@@ -177,9 +201,9 @@ class PrefillEngine:
                 job.result.set_exception(f.exception())  # type: ignore[arg-type]
                 return
             n = len(job.prompt_ids)
-            job.result.set_result(
-                PrefillResult(n, n, f.result(), compute_s, time.monotonic() - start)
-            )
+            computed = n - (job.prefix.num_tokens if job.prefix is not None else 0)
+            elapsed = time.monotonic() - start
+            job.result.set_result(PrefillResult(n, computed, f.result(), compute_s, elapsed))
 
         job.outbound.done.add_done_callback(done)  # type: ignore[union-attr]
 

@@ -28,6 +28,10 @@ STOP, LENGTH = "stop", "length"
 StopCheckFactory = Callable[[SamplingParams], Callable[[int], bool]]
 
 
+class Draining(RuntimeError):
+    """The worker is shutting down and takes no new work."""
+
+
 class DecodeEngine:
     def __init__(
         self,
@@ -48,6 +52,7 @@ class DecodeEngine:
         self._admit: list[DecodeRequest] = []
         self._running: list[DecodeRequest] = []
         self._stopping = False
+        self._draining = False
         self._thread = threading.Thread(target=self._loop, name="duet-decode-step", daemon=True)
         self._thread.start()
 
@@ -60,6 +65,8 @@ class DecodeEngine:
         if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
             raise ValueError(f"prompt of {len(prompt_ids)} tokens exceeds the context")
         with self._lock:
+            if self._draining:
+                raise Draining("decode worker is draining")
             if request_id in self._requests:
                 raise ValueError(f"request {request_id} already exists")
             seq = self.runner.new_sequence(len(prompt_ids) + 1)  # OutOfCapacity propagates
@@ -258,6 +265,14 @@ class DecodeEngine:
                 "integrity_ok": ok,
                 "integrity_error": err,
             }
+
+    def drain(self) -> None:
+        with self._lock:
+            self._draining = True
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            return not self._requests
 
     def close(self) -> None:
         with self._lock:

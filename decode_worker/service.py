@@ -6,7 +6,7 @@ import asyncio
 
 import grpc
 
-from decode_worker.engine import DecodeEngine
+from decode_worker.engine import DecodeEngine, Draining
 from decode_worker.request import Event, Failure, Preempted, TokenOut
 from duet.v1 import worker_pb2 as pb
 from duet.v1 import worker_pb2_grpc as pb_grpc
@@ -42,6 +42,8 @@ class DecodeService(pb_grpc.DecodeWorkerServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OutOfCapacity as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except Draining as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         return pb.ReserveResponse(destination=descriptor_to_pb(descriptor))
 
     async def Stream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]

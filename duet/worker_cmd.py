@@ -75,8 +75,29 @@ def run(args: argparse.Namespace) -> int:
     return _run_decode(cfg, model)
 
 
+def _registration(cfg: WorkerConfig, load):  # type: ignore[no-untyped-def]
+    """Registration with the control plane when one is configured."""
+    if not cfg.control_plane:
+        return None
+    from duet.registration import Registration
+    from duet.v1 import worker_pb2 as pb
+
+    def make(port: int) -> Registration:
+        host = cfg.advertise_host or cfg.host
+        worker_id = cfg.worker_id or f"{cfg.role}-{host}-{port}"
+        return Registration(
+            cfg.control_plane,
+            worker_id,
+            cfg.role,
+            f"{host}:{port}",
+            lambda: pb.LoadResponse(role=cfg.role, **load()),
+        )  # type: ignore[arg-type]
+
+    return make
+
+
 def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
-    from duet.grpc_server import serve
+    from duet.grpc_server import Lifecycle, serve
     from duet.v1 import worker_pb2_grpc as pb_grpc
     from prefill_worker.engine import PrefillEngine
     from prefill_worker.service import PrefillService
@@ -87,14 +108,18 @@ def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-de
         pb_grpc.add_PrefillWorkerServicer_to_server(PrefillService(engine), server)
         return "duet.v1.PrefillWorker"
 
-    asyncio.run(serve([add], cfg.host, cfg.port, {"role": "prefill"}, engine.close))
+    life = Lifecycle(engine.drain, engine.is_idle, engine.close)
+    reg = _registration(cfg, engine.load)
+    asyncio.run(
+        serve([add], cfg.host, cfg.port, {"role": "prefill"}, life, reg, cfg.drain_timeout_s)
+    )
     return 0
 
 
 def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
     from decode_worker.engine import DecodeEngine
     from decode_worker.service import DecodeService
-    from duet.grpc_server import serve
+    from duet.grpc_server import Lifecycle, serve
     from duet.v1 import worker_pb2_grpc as pb_grpc
 
     found = _stop_check_factory(cfg.model_dir)
@@ -107,5 +132,7 @@ def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def
         return "duet.v1.DecodeWorker"
 
     info = {"role": "decode", "transfer_port": engine.receiver.port}
-    asyncio.run(serve([add], cfg.host, cfg.port, info, engine.close))
+    life = Lifecycle(engine.drain, engine.is_idle, engine.close)
+    reg = _registration(cfg, engine.load)
+    asyncio.run(serve([add], cfg.host, cfg.port, info, life, reg, cfg.drain_timeout_s))
     return 0

@@ -27,6 +27,9 @@ class WorkerConfig:
     prefill_chunk: int = 512
     transfer_backend: str = "tcp"
     lease_s: float = 30.0
+    control_plane: str | None = None  # host:port of the registry; None = standalone
+    worker_id: str | None = None
+    drain_timeout_s: float = 20.0
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -121,6 +124,26 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         default=float(_env("LEASE_S", "30")),
         help="decode: seconds an uncommitted reservation is kept (default: %(default)s)",
     )
+    add_registration_args(p)
+
+
+def add_registration_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control-plane",
+        default=os.environ.get("DUET_CONTROL_PLANE"),
+        help="registry host:port to register with (env DUET_CONTROL_PLANE); omit: standalone",
+    )
+    p.add_argument(
+        "--worker-id",
+        default=os.environ.get("DUET_WORKER_ID"),
+        help="stable worker id (env DUET_WORKER_ID, default: role-host-port)",
+    )
+    p.add_argument(
+        "--drain-timeout-s",
+        type=float,
+        default=float(_env("DRAIN_TIMEOUT_S", "20")),
+        help="on SIGTERM, seconds to let running requests finish (default: %(default)s)",
+    )
 
 
 def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
@@ -139,4 +162,7 @@ def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
         prefill_chunk=args.prefill_chunk,
         transfer_backend=args.transfer_backend,
         lease_s=args.lease_s,
+        control_plane=args.control_plane,
+        worker_id=args.worker_id,
+        drain_timeout_s=args.drain_timeout_s,
     )

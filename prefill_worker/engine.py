@@ -62,6 +62,10 @@ class PrefillJob:
     aborted: bool = False
 
 
+class Draining(RuntimeError):
+    """The worker is shutting down and takes no new work."""
+
+
 class PrefillEngine:
     def __init__(self, cfg: WorkerConfig, model: LingModel) -> None:
         self.cfg, self.model = cfg, model
@@ -70,6 +74,7 @@ class PrefillEngine:
         self._queue: deque[PrefillJob] = deque()
         self._jobs: dict[str, PrefillJob] = {}
         self._stopping = False
+        self._draining = False
         self._thread = threading.Thread(target=self._loop, name="duet-prefill-step", daemon=True)
         self._thread.start()
 
@@ -95,6 +100,8 @@ class PrefillEngine:
         deadline = time.monotonic() + deadline_s
         job = PrefillJob(request_id, list(prompt_ids), destination, deadline, prefix)
         with self._lock:
+            if self._draining:
+                raise Draining("prefill worker is draining")
             if request_id in self._jobs:
                 raise ValueError(f"request {request_id} is already prefilling")
             self._jobs[request_id] = job
@@ -230,6 +237,14 @@ class PrefillEngine:
                 "integrity_ok": ok,
                 "integrity_error": err,
             }
+
+    def drain(self) -> None:
+        with self._lock:
+            self._draining = True
+
+    def is_idle(self) -> bool:
+        with self._lock:
+            return not self._jobs
 
     def close(self) -> None:
         with self._lock:

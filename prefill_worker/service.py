@@ -10,7 +10,7 @@ from duet.v1 import worker_pb2 as pb
 from duet.v1 import worker_pb2_grpc as pb_grpc
 from duet.wire import descriptor_from_pb
 from engine.transfer.base import ChecksumMismatch, DeadlineExceeded, TransferError
-from prefill_worker.engine import PrefillEngine
+from prefill_worker.engine import Draining, PrefillEngine
 
 DEFAULT_DEADLINE_S = 60.0
 
@@ -45,6 +45,8 @@ class PrefillService(pb_grpc.PrefillWorkerServicer):
             )
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except Draining as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(future), timeout=deadline_s + 1.0)
         except asyncio.CancelledError:  # the caller went away

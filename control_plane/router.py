@@ -1,0 +1,62 @@
+"""Choosing a prefill and a decode worker for a request. Policies are pluggable: a policy
+scores candidates (lower is better) and the router breaks ties by power of two choices."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from control_plane.registry import Registry, WorkerEntry
+
+Score = Callable[[WorkerEntry, int], float]
+
+
+class NoWorker(RuntimeError):
+    """No healthy worker of a role is available."""
+
+
+def prefill_cost(w: WorkerEntry, prompt_tokens: int) -> float:
+    """Tokens this worker would still have to compute before this prompt is done."""
+    return float(w.load.queued_tokens + w.inflight_tokens + prompt_tokens)
+
+
+def decode_cost(w: WorkerEntry, prompt_tokens: int) -> float:
+    """Prefer free slots and pages and a small batch; a worker without room scores infinity."""
+    l = w.load  # noqa: E741
+    pages_needed = prompt_tokens / 16 + 1
+    free_slots = l.free_slots - w.inflight
+    if free_slots <= 0 or l.free_pages < pages_needed:
+        return float("inf")
+    slot_use = 1 - free_slots / max(1, l.total_slots)
+    page_use = 1 - l.free_pages / max(1, l.total_pages)
+    return slot_use + page_use + 0.01 * (l.running_requests + w.inflight)
+
+
+@dataclass
+class Router:
+    registry: Registry
+    prefill_score: Score = prefill_cost
+    decode_score: Score = decode_cost
+    rng: random.Random = field(default_factory=lambda: random.Random(0))
+
+    def _pick(self, role: str, score: Score, tokens: int, exclude: Sequence[str]) -> WorkerEntry:
+        candidates = [w for w in self.registry.healthy(role) if w.address not in exclude]
+        scored = [(score(w, tokens), w) for w in candidates]
+        scored = [(s, w) for s, w in scored if s != float("inf")]
+        if not scored:
+            raise NoWorker(f"no healthy {role} worker with room")
+        if len(scored) == 1:
+            return scored[0][1]
+        a, b = self.rng.sample(scored, 2)  # power of two choices among the candidates
+        best = min(scored, key=lambda sw: sw[0])
+        # Take the global best when it is clearly better; otherwise the better of two random.
+        two = a if a[0] <= b[0] else b
+        return best[1] if best[0] < 0.5 * two[0] else two[1]
+
+    def pick(
+        self, prompt_tokens: int, exclude: Sequence[str] = ()
+    ) -> tuple[WorkerEntry, WorkerEntry]:
+        p = self._pick("prefill", self.prefill_score, prompt_tokens, exclude)
+        d = self._pick("decode", self.decode_score, prompt_tokens, exclude)
+        return p, d

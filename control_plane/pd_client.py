@@ -1,6 +1,7 @@
 """Driving one request across a prefill and a decode worker (the path the router takes):
 Reserve on D, Prefill on P toward D's reservation, Stream tokens from D. Every call has a
-deadline; any failure aborts the request on both workers so nothing stays allocated."""
+deadline; any failure aborts the request on both workers so nothing stays allocated, and is
+raised as a `StageError` that says which side failed."""
 
 from __future__ import annotations
 
@@ -16,6 +17,16 @@ from duet.v1 import worker_pb2_grpc as pb_grpc
 from duet.wire import sampling_to_pb
 from engine.sampling import SamplingParams
 
+TRANSFER_FAILED = "cache transfer failed"  # prefix of the decode worker's transfer errors
+
+
+class StageError(RuntimeError):
+    """A request failed; `side` is the worker to blame: "prefill" or "decode"."""
+
+    def __init__(self, side: str, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(f"{side} worker: {code.name}: {details}")
+        self.side, self.code, self.details = side, code, details
+
 
 @dataclass
 class WorkerPair:
@@ -28,6 +39,13 @@ class WorkerPair:
         return WorkerPair(pb_grpc.PrefillWorkerStub(p), pb_grpc.DecodeWorkerStub(d)), [p, d]
 
 
+def _blame_stream(err: grpc.aio.AioRpcError) -> StageError:
+    """A stream error from the decode worker: a failed transfer is the prefill side's fault."""
+    details = err.details() or ""
+    side = "prefill" if details.startswith(TRANSFER_FAILED) else "decode"
+    return StageError(side, err.code(), details)
+
+
 async def generate(
     pair: WorkerPair,
     request_id: str,
@@ -36,41 +54,60 @@ async def generate(
     timeout_s: float = 60.0,
     lease_s: float = 30.0,
 ) -> AsyncIterator[pb.TokenEvent]:
-    """Yields the request's token events; raises grpc.aio.AioRpcError on failure (after
-    aborting the request on both workers)."""
+    """Yields the request's token events (the last has a finish reason: stop, length, or
+    preempted); raises StageError."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
 
     def left() -> float:
         return max(0.001, deadline - loop.time())
 
+    sampling = sampling_to_pb(params)
     reserve = pb.ReserveRequest(
         request_id=request_id,
         prompt_ids=prompt_ids,
-        sampling=sampling_to_pb(params),
-        lease_s=lease_s,
+        sampling=sampling,
+        lease_s=min(lease_s, left()),
     )
-    reply = await pair.decode.Reserve(reserve, timeout=left())
-    finished = False
-    prefill_call = None
     try:
-        stream = pair.decode.Stream(pb.StreamRequest(request_id=request_id), timeout=left())
-        prefill = pb.PrefillRequest(
-            request_id=request_id,
-            prompt_ids=prompt_ids,
-            destination=reply.destination,
-            deadline_s=left(),
-        )
-        prefill_call = pair.prefill.Prefill(prefill, timeout=left())
-        async for event in stream:
-            yield event
-            if event.finish_reason:
-                finished = True
-        await prefill_call  # surfaces a prefill failure that the stream did not
+        reply = await pair.decode.Reserve(reserve, timeout=left())
+    except grpc.aio.AioRpcError as err:
+        raise StageError("decode", err.code(), err.details() or "") from err
+    finished = False
+    stream = pair.decode.Stream(pb.StreamRequest(request_id=request_id), timeout=left())
+    prefill = pb.PrefillRequest(
+        request_id=request_id,
+        prompt_ids=prompt_ids,
+        destination=reply.destination,
+        deadline_s=left(),
+    )
+    prefill_task = asyncio.ensure_future(pair.prefill.Prefill(prefill, timeout=left()))
+    prefill_task.add_done_callback(
+        lambda t: stream.cancel() if not t.cancelled() and t.exception() else None
+    )
+    try:
+        try:
+            async for event in stream:
+                yield event
+                finished = bool(event.finish_reason)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+            if prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception():
+                perr = prefill_task.exception()
+                assert isinstance(perr, grpc.aio.AioRpcError)
+                raise StageError("prefill", perr.code(), perr.details() or "") from perr
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            raise _blame_stream(err) from err
+        if not finished:
+            raise StageError(
+                "decode", grpc.StatusCode.UNAVAILABLE, "stream ended without a finish reason"
+            )
+        # Tokens arrived, so the caches were whole; collect the prefill reply without failing.
+        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+            await asyncio.wait_for(prefill_task, timeout=left())
     finally:
         if not finished:
-            if prefill_call is not None:
-                prefill_call.cancel()
+            prefill_task.cancel()
             await abort_both(pair, request_id)
 
 

@@ -22,9 +22,15 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 
 def _registrars() -> list[Registrar]:
-    from duet import generate_cmd, model_cmd, worker_cmd
+    from duet import control_plane_cmd, generate_cmd, model_cmd, up_cmd, worker_cmd
 
-    registrars: list[Registrar] = [generate_cmd.register, model_cmd.register, worker_cmd.register]
+    registrars: list[Registrar] = [
+        generate_cmd.register,
+        model_cmd.register,
+        worker_cmd.register,
+        control_plane_cmd.register,
+        up_cmd.register,
+    ]
     try:
         from control_plane.autoscaler.cli import register as autoscaler
     except ImportError:

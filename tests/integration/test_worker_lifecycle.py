@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.pd_client import WorkerPair, generate
+from control_plane.pd_client import StageError, WorkerPair, generate
 from duet.v1 import worker_pb2 as pb
 from engine.generation import GenerationRequest, OfflineEngine
 from engine.model.ling import LingModel
@@ -161,8 +161,8 @@ def test_out_of_pages_preempts_and_resubmission_completes(
                             preemptions += 1
                             break
                         tokens.append(e.token_id)
-                except grpc.aio.AioRpcError as err:  # no room to reserve yet: back off
-                    if err.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                except StageError as err:  # no room to reserve yet: back off
+                    if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
                         raise
                     await asyncio.sleep(0.1)
                 if len(tokens) == steps:

@@ -53,6 +53,7 @@ class DecodeEngine:
         self._running: list[DecodeRequest] = []
         self._stopping = False
         self._draining = False
+        self._completed = 0
         self._thread = threading.Thread(target=self._loop, name="duet-decode-step", daemon=True)
         self._thread.start()
 
@@ -157,6 +158,7 @@ class DecodeEngine:
     def _finish(self, req: DecodeRequest, last: Event | None) -> None:
         """Release the request's pages and slot (caller holds the lock)."""
         req.phase = Phase.FINISHED
+        self._completed += int(req.done)
         self.runner.release(req.seq)
         self._requests.pop(req.request_id, None)
         if last is not None:
@@ -264,6 +266,7 @@ class DecodeEngine:
                 "pending_transfers": self.receiver.pending(),
                 "integrity_ok": ok,
                 "integrity_error": err,
+                "completed_requests": self._completed,
             }
 
     def drain(self) -> None:

@@ -75,6 +75,7 @@ class PrefillEngine:
         self._jobs: dict[str, PrefillJob] = {}
         self._stopping = False
         self._draining = False
+        self._completed = 0
         self._thread = threading.Thread(target=self._loop, name="duet-prefill-step", daemon=True)
         self._thread.start()
 
@@ -112,7 +113,9 @@ class PrefillEngine:
 
     def _forget(self, request_id: str) -> None:
         with self._lock:
-            self._jobs.pop(request_id, None)
+            job = self._jobs.pop(request_id, None)
+            if job is not None and job.result.exception() is None:
+                self._completed += 1
 
     def abort(self, request_id: str) -> bool:
         with self._lock:
@@ -236,6 +239,7 @@ class PrefillEngine:
                 ),
                 "integrity_ok": ok,
                 "integrity_error": err,
+                "completed_requests": self._completed,
             }
 
     def drain(self) -> None:

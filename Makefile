@@ -55,7 +55,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 run: setup
-	$(VENV)/bin/duet generate --model $(MODEL_DIR) --chat --prompt "Hello! What is disaggregated serving?" --max-tokens 48
+	$(VENV)/bin/duet up --model $(MODEL_DIR)
 
 test: setup mlx-venv lint
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)

@@ -36,6 +36,7 @@ class ClusterSpec:
     dtype: str = "float32"
     device: str = "cpu"
     worker_args: tuple[str, ...] = ()
+    control_plane_args: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Cluster:
                     "--grpc-port",
                     str(self.spec.grpc_port),
                     *(["--redis-url", self.redis_url] if self.redis_url else []),
+                    *self.spec.control_plane_args,
                 ]
             )
             ready = _wait_ready(cp, "control plane")

@@ -17,7 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from control_plane.auth import ApiKeys
 from control_plane.generate_service import GenerateService
+from control_plane.http_generate import Admission
 from control_plane.metrics import GatewayMetrics
+from control_plane.openai_api import ServedModel
 from control_plane.orchestrator import Orchestrator
 from control_plane.registry import Registry
 from control_plane.registry_service import RegistryService
@@ -41,6 +43,7 @@ class ControlPlaneConfig:
     heartbeat_interval_s: float = 0.5
     worker_expiry_s: float = 3.0
     redis_url: str | None = None  # the prefix-cache index (not used by routing yet)
+    max_inflight: int = 1024  # requests in flight before the gateway answers 429
 
 
 class ControlPlane:
@@ -51,6 +54,8 @@ class ControlPlane:
         self.model_name = cfg.served_model_name or cfg.model_dir.name
         self.max_context = model_cfg.max_position_embeddings
         self.vocab_size = model_cfg.vocab_size
+        self.served = ServedModel.from_dir(cfg.model_dir, name=self.model_name)
+        self.admission = Admission(cfg.max_inflight)
         self.registry = Registry(cfg.worker_expiry_s, cfg.heartbeat_interval_s)
         self.metrics = GatewayMetrics()
         self.orchestrator = Orchestrator(self.registry, self.metrics)

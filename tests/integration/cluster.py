@@ -19,7 +19,11 @@ from duet.v1 import worker_pb2_grpc as pb_grpc
 
 @contextmanager
 def running_cluster(
-    model_dir: Path, prefill: int, decode: int, *worker_args: str
+    model_dir: Path,
+    prefill: int,
+    decode: int,
+    *worker_args: str,
+    control_plane_args: tuple[str, ...] = (),
 ) -> Iterator[Cluster]:
     spec = ClusterSpec(
         model_dir,
@@ -27,7 +31,8 @@ def running_cluster(
         decode,
         http_port=0,
         grpc_port=0,
-        redis_url="redis://unused",
+        redis_url=None,
+        control_plane_args=control_plane_args,
         worker_args=worker_args,
     )
     cluster = Cluster(spec)

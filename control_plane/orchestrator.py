@@ -26,6 +26,7 @@ from duet.v1 import worker_pb2_grpc as pb_grpc
 from engine.sampling import SamplingParams
 
 NO_WORKER_WAIT_S = 0.1
+NO_WORKER_GRACE_S = 5.0  # how long a request waits for a worker to (re)appear
 OVERLOAD_BACKOFF_S = 0.1
 
 
@@ -86,11 +87,12 @@ class Orchestrator:
         self.max_attempts, self.lease_s = max_attempts, lease_s
 
     async def _pick(self, tokens: int, exclude: list[str], deadline: float) -> _Attempt:
+        give_up = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
         while True:
             try:
                 p, d = self.router.pick(tokens, exclude)
             except NoWorker as exc:
-                if time.monotonic() + NO_WORKER_WAIT_S > deadline:
+                if time.monotonic() + NO_WORKER_WAIT_S > give_up:
                     raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
                 exclude.clear()  # a worker marked failed may have come back
                 await asyncio.sleep(NO_WORKER_WAIT_S)

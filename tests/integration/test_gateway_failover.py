@@ -110,3 +110,49 @@ def test_prefill_killed_is_retried_through_the_other(
             _survivors_empty(cluster)
     finally:
         os.environ.pop(SEND_DELAY_ENV, None)
+
+
+def test_error_after_streaming_started_is_sent_in_the_stream(
+    tiny_model_dir: Path, case: tuple[list[int], list[int]]
+) -> None:
+    """With its only decode worker killed mid-stream and no other to migrate to, the client
+    gets the tokens so far, then an error event and [DONE]; the connection closes cleanly."""
+    import json
+
+    import aiohttp
+
+    prompt, _ = case
+
+    async def main(cluster: Cluster) -> list[str]:
+        body = {
+            "model": "ling-tiny",
+            "prompt": prompt,
+            "max_tokens": STEPS,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        url = f"http://127.0.0.1:{cluster.http_port}/v1/completions"
+        lines: list[str] = []
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(url, json=body, timeout=aiohttp.ClientTimeout(total=60)) as r,
+        ):
+            async for raw in r.content:
+                line = raw.decode().strip()
+                if not line:
+                    continue
+                lines.append(line)
+                if len(lines) == 5:
+                    decode = next(w for w in cluster.workers if w.role == "decode")
+                    await asyncio.to_thread(kill9, decode.proc)
+        return lines
+
+    with running_cluster(tiny_model_dir, 1, 1) as cluster:
+        lines = asyncio.run(main(cluster))
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2].removeprefix("data: "))
+    assert error["error"]["code"] == "service_unavailable"
+    assert "no healthy decode worker" in error["error"]["message"]
+    texts = [json.loads(x.removeprefix("data: ")) for x in lines[:-2]]
+    assert len(texts) >= 5 and all("choices" in t for t in texts)

@@ -19,9 +19,10 @@ from engine.model.ling import LingModel
 from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams
 from engine.transfer.base import ChecksumMismatch, TransferDescriptor, TransferError
-from engine.transfer.tcp import TcpReceiver
+from engine.transfer.select import make_receiver, receiver_backend
 from engine.transfer_layout import HIDDEN, expected_tensors
 from engine.worker_config import WorkerConfig
+from engine.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 STOP, LENGTH = "stop", "length"
@@ -39,13 +40,20 @@ class DecodeEngine:
         model: LingModel,
         eos_ids: tuple[int, ...],
         stop_check_factory: StopCheckFactory | None = None,
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self.cfg, self.model = cfg, model
+        self.metrics = metrics or WorkerMetrics("decode")
         self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
         self.eos_ids = eos_ids
         self.stop_check_factory = stop_check_factory
-        self.receiver = TcpReceiver(
-            self._destination, self._on_expired, host=cfg.host, advertise_host=cfg.advertise_host
+        self.receiver = make_receiver(
+            receiver_backend(cfg.transfer_backend),
+            self._destination,
+            self._on_expired,
+            host=cfg.host,
+            advertise_host=cfg.advertise_host,
+            **self._device_options(),
         )
         self._lock = threading.Condition()
         self._requests: dict[str, DecodeRequest] = {}
@@ -56,6 +64,15 @@ class DecodeEngine:
         self._completed = 0
         self._thread = threading.Thread(target=self._loop, name="duet-decode-step", daemon=True)
         self._thread.start()
+
+    def _device_options(self) -> dict[str, object]:
+        """cuda_ipc exports the pools the destinations are views of; nccl needs the device."""
+        backend = receiver_backend(self.cfg.transfer_backend)
+        if backend == "cuda_ipc":
+            return {"pools": [self.runner.latents.storage, self.runner.states.storage]}
+        if backend == "nccl":
+            return {"device": self.model.device}
+        return {}
 
     # Reservation and transfer --------------------------------------------------------------
     def reserve(
@@ -104,6 +121,7 @@ class DecodeEngine:
         try:
             self.receiver.wait_committed(request_id, self.cfg.lease_s + 1.0)
         except TransferError as exc:
+            self.metrics.transfer_failures.labels(reason=type(exc).__name__).inc()
             code = "DATA_LOSS" if isinstance(exc, ChecksumMismatch) else "UNAVAILABLE"
             self._end(
                 request_id, Failure(code, f"cache transfer failed: {type(exc).__name__}: {exc}")
@@ -115,8 +133,12 @@ class DecodeEngine:
                 return
             req.seq.length = len(req.prompt_ids)
             req.phase = Phase.COMMITTED
+            self.metrics.transfer_bytes.inc(self._transfer_bytes(len(req.prompt_ids)))
             self._admit.append(req)
             self._lock.notify_all()
+
+    def _transfer_bytes(self, num_tokens: int) -> int:
+        return sum(e.nbytes for e in expected_tensors(self.model.cfg, num_tokens, self.model.dtype))
 
     def _on_expired(self, request_id: str) -> None:
         self._end(
@@ -186,6 +208,10 @@ class DecodeEngine:
                     self._running = []
 
     def _step(self, admitted: list[DecodeRequest]) -> None:
+        with self.metrics.step_seconds.time():
+            self._step_inner(admitted)
+
+    def _step_inner(self, admitted: list[DecodeRequest]) -> None:
         if admitted:
             logits = self.model.logits(torch.stack([r.hidden for r in admitted]))
             for req, row in zip(admitted, logits, strict=True):
@@ -205,6 +231,7 @@ class DecodeEngine:
         stops = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids))
         banned = tuple(stops) if len(req.generated) < p.min_tokens else ()
         sampled = req.sampler.sample(logits, banned)
+        self.metrics.tokens.inc()
         req.generated.append(sampled.token)
         reason = None
         hit_stop_token = len(req.generated) > p.min_tokens and sampled.token in stops

@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=3.0,
         help="a worker silent this long leaves the rotation (default: %(default)s)",
     )
+    p.add_argument(
+        "--max-inflight",
+        type=int,
+        default=1024,
+        help="requests in flight before the gateway answers 429 (default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -90,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout_s,
             worker_expiry_s=args.worker_expiry_s,
             redis_url=args.redis_url,
+            max_inflight=args.max_inflight,
         )
         plane = ControlPlane(cfg, ApiKeys.from_env_and_flags(args.api_key))
     except (ValueError, OSError) as exc:

@@ -35,10 +35,13 @@ def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
-    if cfg.transfer_backend not in ("tcp", "auto"):
-        raise ValueError(
-            f"--transfer-backend {cfg.transfer_backend} is not wired into the workers yet; use tcp"
-        )
+    if cfg.role == "decode":
+        from engine.transfer.select import BackendUnavailable, receiver_backend, require_local
+
+        try:  # a clear error at start-up, never a silent fallback
+            require_local(receiver_backend(cfg.transfer_backend))
+        except BackendUnavailable as exc:
+            raise ValueError(str(exc)) from exc
     return LingModel.from_pretrained(cfg.model_dir, getattr(torch, cfg.dtype), cfg.device)
 
 
@@ -96,13 +99,22 @@ def _registration(cfg: WorkerConfig, load):  # type: ignore[no-untyped-def]
     return make
 
 
+def _metrics(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
+    from engine.worker_metrics import WorkerMetrics
+
+    metrics = WorkerMetrics(cfg.role)
+    metrics.serve(cfg.host, cfg.metrics_port)
+    return metrics
+
+
 def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
     from duet.grpc_server import Lifecycle, serve
     from duet.v1 import worker_pb2_grpc as pb_grpc
     from prefill_worker.engine import PrefillEngine
     from prefill_worker.service import PrefillService
 
-    engine = PrefillEngine(cfg, model)
+    engine = PrefillEngine(cfg, model, _metrics(cfg))
+    engine.metrics.watch_load(engine.load)
 
     def add(server) -> str:  # type: ignore[no-untyped-def]
         pb_grpc.add_PrefillWorkerServicer_to_server(PrefillService(engine), server)
@@ -125,7 +137,8 @@ def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def
     found = _stop_check_factory(cfg.model_dir)
     factory, tokenizer = found if found else (None, None)
     eos = model.cfg.eos_token_ids or (tuple(tokenizer.eos_ids) if tokenizer else ())
-    engine = DecodeEngine(cfg, model, eos, factory)
+    engine = DecodeEngine(cfg, model, eos, factory, _metrics(cfg))
+    engine.metrics.watch_load(engine.load)
 
     def add(server) -> str:  # type: ignore[no-untyped-def]
         pb_grpc.add_DecodeWorkerServicer_to_server(DecodeService(engine), server)

@@ -30,6 +30,7 @@ class WorkerConfig:
     control_plane: str | None = None  # host:port of the registry; None = standalone
     worker_id: str | None = None
     drain_timeout_s: float = 20.0
+    metrics_port: int = 0  # Prometheus /metrics; 0 = not served
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -129,6 +130,12 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
 
 def add_registration_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env("METRICS_PORT", "0")),
+        help="serve Prometheus /metrics on this port, 0 = off (env DUET_METRICS_PORT)",
+    )
+    p.add_argument(
         "--control-plane",
         default=os.environ.get("DUET_CONTROL_PLANE"),
         help="registry host:port to register with (env DUET_CONTROL_PLANE); omit: standalone",
@@ -165,4 +172,5 @@ def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
         control_plane=args.control_plane,
         worker_id=args.worker_id,
         drain_timeout_s=args.drain_timeout_s,
+        metrics_port=args.metrics_port,
     )

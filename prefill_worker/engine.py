@@ -20,9 +20,10 @@ import torch
 from engine.model.ling import LingModel
 from engine.runner import ModelRunner, PrefillItem, SeqCache
 from engine.transfer.base import TransferDescriptor, TransferError
-from engine.transfer.tcp import TcpSender
+from engine.transfer.select import make_sender
 from engine.transfer_layout import HIDDEN, layer_tensor_name
 from engine.worker_config import WorkerConfig
+from engine.worker_metrics import WorkerMetrics
 from prefill_worker.outbound import Outbound
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,11 @@ class Draining(RuntimeError):
 
 
 class PrefillEngine:
-    def __init__(self, cfg: WorkerConfig, model: LingModel) -> None:
+    def __init__(
+        self, cfg: WorkerConfig, model: LingModel, metrics: WorkerMetrics | None = None
+    ) -> None:
         self.cfg, self.model = cfg, model
+        self.metrics = metrics or WorkerMetrics("prefill")
         self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
         self._lock = threading.Condition()
         self._queue: deque[PrefillJob] = deque()
@@ -172,7 +176,8 @@ class PrefillEngine:
                 seqs.append(self.runner.new_sequence(len(job.prompt_ids)))
                 if job.prefix is not None:
                     self.runner.load_prefix(seqs[-1], job.prefix.latents, job.prefix.state)
-                job.outbound = Outbound(TcpSender(), job.destination, job.deadline)
+                sender = make_sender(job.destination.backend)
+                job.outbound = Outbound(sender, job.destination, job.deadline)
             items = [
                 PrefillItem(s, j.prompt_ids[s.length :]) for s, j in zip(seqs, jobs, strict=True)
             ]
@@ -185,6 +190,8 @@ class PrefillEngine:
 
             out = self.runner.prefill_chunked(items, self.cfg.prefill_chunk, layer_done)
             compute_s = time.monotonic() - start
+            self.metrics.step_seconds.observe(compute_s)
+            self.metrics.tokens.inc(sum(len(it.tokens) for it in items))
             for b, job in enumerate(jobs):
                 job.outbound.put(HIDDEN, out.hidden[b].clone())  # type: ignore[union-attr]
                 job.outbound.commit()  # type: ignore[union-attr]
@@ -208,8 +215,11 @@ class PrefillEngine:
     def _resolve_when_sent(self, job: PrefillJob, compute_s: float, start: float) -> None:
         def done(f: Future[int]) -> None:
             if f.exception() is not None:
+                self.metrics.transfer_failures.labels(reason=type(f.exception()).__name__).inc()
                 job.result.set_exception(f.exception())  # type: ignore[arg-type]
                 return
+            self.metrics.transfer_bytes.inc(f.result())
+            self.metrics.transfer_seconds.observe(time.monotonic() - start - compute_s)
             n = len(job.prompt_ids)
             computed = n - (job.prefix.num_tokens if job.prefix is not None else 0)
             elapsed = time.monotonic() - start

@@ -50,8 +50,10 @@ class Channels:
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
 
-    def pair(self, p: WorkerEntry, d: WorkerEntry) -> WorkerPair:
-        prefill = pb_grpc.PrefillWorkerStub(self._get(p.address))
+    def pair(self, p: WorkerEntry | None, d: WorkerEntry) -> WorkerPair:
+        """Stubs for a pair; without a prefill worker its stub points at the decode worker
+        (never called: the decode worker prefills locally)."""
+        prefill = pb_grpc.PrefillWorkerStub(self._get((p or d).address))
         return WorkerPair(prefill, pb_grpc.DecodeWorkerStub(self._get(d.address)))
 
     def _get(self, address: str) -> grpc.aio.Channel:
@@ -68,7 +70,7 @@ class Channels:
 class _Attempt:
     """Where one attempt runs and what it holds in the router's books."""
 
-    prefill: WorkerEntry
+    prefill: WorkerEntry | None  # None: the decode worker prefills locally
     decode: WorkerEntry
     tokens: int
 
@@ -80,9 +82,10 @@ class Orchestrator:
         metrics: GatewayMetrics,
         max_attempts: int = 6,
         lease_s: float = 30.0,
+        local_prefill_max_tokens: int = 0,
     ) -> None:
         self.registry, self.metrics = registry, metrics
-        self.router = Router(registry)
+        self.router = Router(registry, local_prefill_max_tokens=local_prefill_max_tokens)
         self.channels = Channels()
         self.max_attempts, self.lease_s = max_attempts, lease_s
 
@@ -97,12 +100,14 @@ class Orchestrator:
                 exclude.clear()  # a worker marked failed may have come back
                 await asyncio.sleep(NO_WORKER_WAIT_S)
                 continue
-            self.registry.assign(p, tokens)
+            if p is not None:
+                self.registry.assign(p, tokens)
             self.registry.assign(d, 1)
             return _Attempt(p, d, tokens)
 
     def _done(self, a: _Attempt) -> None:
-        self.registry.release(a.prefill, a.tokens)
+        if a.prefill is not None:
+            self.registry.release(a.prefill, a.tokens)
         self.registry.release(a.decode, 1)
 
     async def run(self, task: Task) -> AsyncIterator[pb.TokenEvent]:
@@ -131,6 +136,7 @@ class Orchestrator:
                     params,
                     deadline - time.monotonic(),
                     self.lease_s,
+                    local_prefill=a.prefill is None,
                 )
                 async for event in stream:
                     if event.finish_reason == "preempted":
@@ -156,7 +162,7 @@ class Orchestrator:
             raise RequestFailed(err.code, err.details)
         if time.monotonic() >= deadline:
             raise RequestFailed(grpc.StatusCode.DEADLINE_EXCEEDED, "request deadline exceeded")
-        culprit = a.prefill if err.side == "prefill" else a.decode
+        culprit = a.prefill if err.side == "prefill" and a.prefill is not None else a.decode
         if err.code != grpc.StatusCode.RESOURCE_EXHAUSTED:
             exclude.append(culprit.address)
             if err.code == grpc.StatusCode.UNAVAILABLE:

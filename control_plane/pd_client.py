@@ -53,62 +53,77 @@ async def generate(
     params: SamplingParams,
     timeout_s: float = 60.0,
     lease_s: float = 30.0,
+    local_prefill: bool = False,
 ) -> AsyncIterator[pb.TokenEvent]:
     """Yields the request's token events (the last has a finish reason: stop, length, or
-    preempted); raises StageError."""
+    preempted); raises StageError. With `local_prefill` the decode worker prefills the prompt
+    itself and the prefill worker is not used."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s
 
     def left() -> float:
         return max(0.001, deadline - loop.time())
 
-    sampling = sampling_to_pb(params)
     reserve = pb.ReserveRequest(
         request_id=request_id,
         prompt_ids=prompt_ids,
-        sampling=sampling,
+        sampling=sampling_to_pb(params),
         lease_s=min(lease_s, left()),
+        local_prefill=local_prefill,
     )
     try:
         reply = await pair.decode.Reserve(reserve, timeout=left())
     except grpc.aio.AioRpcError as err:
         raise StageError("decode", err.code(), err.details() or "") from err
-    finished = False
     stream = pair.decode.Stream(pb.StreamRequest(request_id=request_id), timeout=left())
-    prefill = pb.PrefillRequest(
-        request_id=request_id,
-        prompt_ids=prompt_ids,
-        destination=reply.destination,
-        deadline_s=left(),
-    )
-    prefill_task = asyncio.ensure_future(pair.prefill.Prefill(prefill, timeout=left()))
-    prefill_task.add_done_callback(
-        lambda t: stream.cancel() if not t.cancelled() and t.exception() else None
-    )
+    prefill_task = None
+    if not local_prefill:
+        prefill = pb.PrefillRequest(
+            request_id=request_id,
+            prompt_ids=prompt_ids,
+            destination=reply.destination,
+            deadline_s=left(),
+        )
+        prefill_task = asyncio.ensure_future(pair.prefill.Prefill(prefill, timeout=left()))
+        prefill_task.add_done_callback(lambda t: stream.cancel() if _failed(t) else None)
+    finished = False
     try:
-        try:
-            async for event in stream:
-                yield event
-                finished = bool(event.finish_reason)
-        except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
-            if prefill_task.done() and not prefill_task.cancelled() and prefill_task.exception():
-                perr = prefill_task.exception()
-                assert isinstance(perr, grpc.aio.AioRpcError)
-                raise StageError("prefill", perr.code(), perr.details() or "") from perr
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            raise _blame_stream(err) from err
+        async for event in _events(stream, prefill_task):
+            yield event
+            finished = bool(event.finish_reason)
         if not finished:
             raise StageError(
                 "decode", grpc.StatusCode.UNAVAILABLE, "stream ended without a finish reason"
             )
-        # Tokens arrived, so the caches were whole; collect the prefill reply without failing.
-        with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
-            await asyncio.wait_for(prefill_task, timeout=left())
+        if prefill_task is not None:  # tokens arrived, so the caches were whole
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError):
+                await asyncio.wait_for(prefill_task, timeout=left())
     finally:
         if not finished:
-            prefill_task.cancel()
+            if prefill_task is not None:
+                prefill_task.cancel()
             await abort_both(pair, request_id)
+
+
+def _failed(task: asyncio.Future[object]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
+async def _events(
+    stream: grpc.aio.UnaryStreamCall, prefill_task: asyncio.Future[object] | None
+) -> AsyncIterator[pb.TokenEvent]:
+    """The stream's events; a failure is blamed on the prefill call when that failed first."""
+    try:
+        async for event in stream:
+            yield event
+    except (grpc.aio.AioRpcError, asyncio.CancelledError) as err:
+        if prefill_task is not None and _failed(prefill_task):
+            perr = prefill_task.exception()
+            assert isinstance(perr, grpc.aio.AioRpcError)
+            raise StageError("prefill", perr.code(), perr.details() or "") from perr
+        if isinstance(err, asyncio.CancelledError):
+            raise
+        raise _blame_stream(err) from err
 
 
 async def abort_both(pair: WorkerPair, request_id: str) -> None:

@@ -39,6 +39,9 @@ class Router:
     prefill_score: Score = prefill_cost
     decode_score: Score = decode_cost
     rng: random.Random = field(default_factory=lambda: random.Random(0))
+    # Conditional disaggregation: prompts of at most this many tokens prefill on the decode
+    # worker (no transfer); 0 = always disaggregate.
+    local_prefill_max_tokens: int = 0
 
     def _pick(self, role: str, score: Score, tokens: int, exclude: Sequence[str]) -> WorkerEntry:
         candidates = [w for w in self.registry.healthy(role) if w.address not in exclude]
@@ -54,9 +57,14 @@ class Router:
         two = a if a[0] <= b[0] else b
         return best[1] if best[0] < 0.5 * two[0] else two[1]
 
+    def prefill_locally(self, prompt_tokens: int) -> bool:
+        return prompt_tokens <= self.local_prefill_max_tokens
+
     def pick(
         self, prompt_tokens: int, exclude: Sequence[str] = ()
-    ) -> tuple[WorkerEntry, WorkerEntry]:
-        p = self._pick("prefill", self.prefill_score, prompt_tokens, exclude)
+    ) -> tuple[WorkerEntry | None, WorkerEntry]:
+        """(prefill worker, decode worker); no prefill worker when the prompt prefills locally."""
         d = self._pick("decode", self.decode_score, prompt_tokens, exclude)
-        return p, d
+        if self.prefill_locally(prompt_tokens):
+            return None, d
+        return self._pick("prefill", self.prefill_score, prompt_tokens, exclude), d

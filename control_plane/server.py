@@ -44,6 +44,7 @@ class ControlPlaneConfig:
     worker_expiry_s: float = 3.0
     redis_url: str | None = None  # the prefix-cache index (not used by routing yet)
     max_inflight: int = 1024  # requests in flight before the gateway answers 429
+    local_prefill_max_tokens: int = 0  # conditional disaggregation threshold, 0 = off
 
 
 class ControlPlane:
@@ -58,7 +59,9 @@ class ControlPlane:
         self.admission = Admission(cfg.max_inflight)
         self.registry = Registry(cfg.worker_expiry_s, cfg.heartbeat_interval_s)
         self.metrics = GatewayMetrics()
-        self.orchestrator = Orchestrator(self.registry, self.metrics)
+        self.orchestrator = Orchestrator(
+            self.registry, self.metrics, local_prefill_max_tokens=cfg.local_prefill_max_tokens
+        )
 
     def refresh_pool_gauges(self) -> None:
         m = self.metrics

@@ -16,7 +16,7 @@ import torch
 
 from decode_worker.request import DecodeRequest, Event, Failure, Phase, Preempted, Sink, TokenOut
 from engine.model.ling import LingModel
-from engine.runner import ModelRunner
+from engine.runner import ModelRunner, PrefillItem
 from engine.sampling import Sampler, SamplingParams
 from engine.transfer.base import ChecksumMismatch, TransferDescriptor, TransferError
 from engine.transfer.select import make_receiver, receiver_backend
@@ -76,8 +76,14 @@ class DecodeEngine:
 
     # Reservation and transfer --------------------------------------------------------------
     def reserve(
-        self, request_id: str, prompt_ids: list[int], params: SamplingParams
-    ) -> TransferDescriptor:
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        params: SamplingParams,
+        local_prefill: bool = False,
+    ) -> TransferDescriptor | None:
+        """Allocate pages and a slot. Remote prefill: open a transfer lease and return its
+        descriptor. Local prefill: queue the prompt for this worker's step loop; None."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
@@ -95,6 +101,11 @@ class DecodeEngine:
             if self.stop_check_factory is not None and params.stop:
                 req.stop_check = self.stop_check_factory(params)
             self._requests[request_id] = req
+            if local_prefill:
+                req.local_prefill, req.phase = True, Phase.COMMITTED
+                self._admit.append(req)
+                self._lock.notify_all()
+                return None
         expected = expected_tensors(self.model.cfg, len(prompt_ids), self.model.dtype)
         try:
             descriptor = self.receiver.reserve(request_id, expected, self.cfg.lease_s)
@@ -213,8 +224,7 @@ class DecodeEngine:
 
     def _step_inner(self, admitted: list[DecodeRequest]) -> None:
         if admitted:
-            logits = self.model.logits(torch.stack([r.hidden for r in admitted]))
-            for req, row in zip(admitted, logits, strict=True):
+            for req, row in zip(admitted, self._first_logits(admitted), strict=True):
                 self._sample(req, row)
         self._retire()
         decoding = self._make_room()
@@ -225,6 +235,21 @@ class DecodeEngine:
             for req, row in zip(decoding, logits, strict=True):
                 self._sample(req, row)
             self._retire()
+
+    def _first_logits(self, admitted: list[DecodeRequest]) -> list[torch.Tensor]:
+        """Logits for each admitted request's first token: from the transferred hidden state,
+        or from a prefill run here (chunked) for local-prefill requests."""
+        local = [r for r in admitted if r.local_prefill]
+        rows: dict[str, torch.Tensor] = {}
+        if local:
+            items = [PrefillItem(r.seq, r.prompt_ids) for r in local]
+            out = self.runner.prefill_chunked(items, self.cfg.prefill_chunk)
+            rows = {r.request_id: out.logits[b] for b, r in enumerate(local)}
+        remote = [r for r in admitted if not r.local_prefill]
+        if remote:
+            logits = self.model.logits(torch.stack([r.hidden for r in remote]))
+            rows |= {r.request_id: logits[b] for b, r in enumerate(remote)}
+        return [rows[r.request_id] for r in admitted]
 
     def _sample(self, req: DecodeRequest, logits: torch.Tensor) -> None:
         p = req.params

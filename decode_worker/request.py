@@ -50,6 +50,7 @@ class DecodeRequest:
     sampler: Sampler
     phase: Phase = Phase.RESERVED
     generated: list[int] = field(default_factory=list)
+    local_prefill: bool = False  # prefilled here by the step loop, no transfer
     done: bool = False  # its last TokenOut (with a finish reason) was emitted
     abort_requested: bool = False
     backlog: list[Event] = field(default_factory=list)  # events before a stream attaches

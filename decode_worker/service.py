@@ -36,14 +36,21 @@ class DecodeService(pb_grpc.DecodeWorkerServicer):
             if not request.request_id:
                 raise ValueError("request_id is required")
             descriptor = await asyncio.to_thread(
-                self.engine.reserve, request.request_id, list(request.prompt_ids), params
+                self.engine.reserve,
+                request.request_id,
+                list(request.prompt_ids),
+                params,
+                request.local_prefill,
             )
+
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         except OutOfCapacity as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except Draining as exc:
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        if descriptor is None:  # local prefill: nothing to transfer
+            return pb.ReserveResponse()
         return pb.ReserveResponse(destination=descriptor_to_pb(descriptor))
 
     async def Stream(self, request: pb.StreamRequest, context: grpc.aio.ServicerContext):  # type: ignore[no-untyped-def]

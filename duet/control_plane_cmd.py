@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a worker silent this long leaves the rotation (default: %(default)s)",
     )
     p.add_argument(
+        "--local-prefill-max-tokens",
+        type=int,
+        default=int(env("DUET_LOCAL_PREFILL_MAX_TOKENS", "0")),
+        help="prompts this short prefill on the decode worker, skipping the transfer "
+        "(conditional disaggregation); 0 = always disaggregate (default: %(default)s)",
+    )
+    p.add_argument(
         "--max-inflight",
         type=int,
         default=1024,
@@ -97,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             worker_expiry_s=args.worker_expiry_s,
             redis_url=args.redis_url,
             max_inflight=args.max_inflight,
+            local_prefill_max_tokens=args.local_prefill_max_tokens,
         )
         plane = ControlPlane(cfg, ApiKeys.from_env_and_flags(args.api_key))
     except (ValueError, OSError) as exc:

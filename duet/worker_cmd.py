@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 import torch
@@ -30,8 +31,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run, role=role)
 
 
+def _check_unsupported_env() -> None:
+    """Settings the engine cannot honour yet fail the start instead of being ignored."""
+    tp = os.environ.get("DUET_TENSOR_PARALLEL_SIZE", "1") or "1"
+    if tp != "1":
+        raise ValueError(f"DUET_TENSOR_PARALLEL_SIZE={tp}: tensor parallelism is not supported yet")
+    quant = os.environ.get("DUET_QUANTIZATION", "none") or "none"
+    if quant != "none":
+        raise ValueError(f"DUET_QUANTIZATION={quant}: quantized weights are not supported yet")
+
+
 def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
     from engine.model.ling import LingModel
+
+    _check_unsupported_env()
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")

@@ -303,22 +303,12 @@ class DecodeEngine:
     # Introspection and shutdown --------------------------------------------------------------
     def load(self) -> dict[str, object]:
         with self._lock:
-            try:
-                self.runner.check_integrity()
-                ok, err = True, ""
-            except AssertionError as exc:
-                ok, err = False, str(exc)
             return {
                 "running_requests": len(self._running),
                 "queued_requests": len(self._admit),
-                "free_pages": self.runner.latents.num_free,
-                "total_pages": self.runner.latents.pages.total,
-                "free_slots": self.runner.states.num_free,
-                "total_slots": self.runner.states.slots.total,
                 "pending_transfers": self.receiver.pending(),
-                "integrity_ok": ok,
-                "integrity_error": err,
                 "completed_requests": self._completed,
+                **self.runner.pool_report(),
             }
 
     def drain(self) -> None:

@@ -83,6 +83,22 @@ class ModelRunner:
         self.latents.check_integrity()
         self.states.check_integrity()
 
+    def pool_report(self) -> dict[str, object]:
+        """Pool sizes and the integrity verdict, as a worker's Load reports them."""
+        try:
+            self.check_integrity()
+            ok, err = True, ""
+        except AssertionError as exc:
+            ok, err = False, str(exc)
+        return {
+            "free_pages": self.latents.num_free,
+            "total_pages": self.latents.pages.total,
+            "free_slots": self.states.num_free,
+            "total_slots": self.states.slots.total,
+            "integrity_ok": ok,
+            "integrity_error": err,
+        }
+
     # Cache contents ---------------------------------------------------------------------------
     def read_latents(self, seq: SeqCache) -> Tensor:
         """[mla_layers, length, W] latents of the cached tokens."""

@@ -229,27 +229,17 @@ class PrefillEngine:
 
     def load(self) -> dict[str, object]:
         with self._lock:
-            try:
-                self.runner.check_integrity()
-                ok, err = True, ""
-            except AssertionError as exc:
-                ok, err = False, str(exc)
             return {
                 "queued_requests": len(self._queue),
                 "queued_tokens": sum(len(j.prompt_ids) for j in self._queue),
                 "running_requests": len(self._jobs) - len(self._queue),
-                "free_pages": self.runner.latents.num_free,
-                "total_pages": self.runner.latents.pages.total,
-                "free_slots": self.runner.states.num_free,
-                "total_slots": self.runner.states.slots.total,
                 "pending_transfers": sum(
                     1
                     for j in self._jobs.values()
                     if j.outbound is not None and not j.outbound.done.done()
                 ),
-                "integrity_ok": ok,
-                "integrity_error": err,
                 "completed_requests": self._completed,
+                **self.runner.pool_report(),
             }
 
     def drain(self) -> None:

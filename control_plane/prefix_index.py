@@ -17,9 +17,12 @@ dropped (both counted), never exceptions; it recovers by itself (see RedisGuard)
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+
+from redis.commands.core import Script
 
 from control_plane.prefix_index_chains import (
     SHARED_HOLDER,
@@ -30,7 +33,7 @@ from control_plane.prefix_index_chains import (
     holder_for,
     longest_chains,
 )
-from engine.cache.prefix_redis import RedisGuard, connect
+from engine.cache.prefix_redis import Client, RedisLink
 from engine.cache.prefix_types import BlockEvent
 
 _LOOKUP_LUA = """
@@ -77,21 +80,32 @@ class PrefixIndex:
         password: str | None = None,
         ttl_s: float = 300.0,
         timeout_s: float = 0.25,
+        cluster: bool = False,
         retry_after_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be at least 1 s, got {ttl_s}")
         self.fingerprint, self.ttl_s = fingerprint, ttl_s
-        self.client = connect(url, password=password, timeout_s=timeout_s)
-        self.guard = RedisGuard(retry_after_s)
+        self.link = RedisLink(
+            url,
+            password=password,
+            timeout_s=timeout_s,
+            cluster=cluster,
+            retry_after_s=retry_after_s,
+        )
         self.stats = IndexStats()
+        self._stats_lock = threading.Lock()
         self._clock = clock  # wall clock: stamps written by workers are read by the router
-        self._lookup_script = self.client.register_script(_LOOKUP_LUA)
+        self._lookup_script: Script | None = None  # registered with the client once built
 
     @property
     def healthy(self) -> bool:
-        return self.guard.healthy
+        return self.link.healthy
+
+    @property
+    def client(self) -> Client:
+        return self.link.client
 
     def key(self, block_hash: str) -> str:
         return index_key(self.fingerprint, block_hash)
@@ -107,8 +121,8 @@ class PrefixIndex:
         expires_ms = int((self._clock() + self.ttl_s) * 1000)
         ttl_ms = int(self.ttl_s * 1000)
 
-        def send() -> bool:
-            pipe = self.client.pipeline(transaction=False)
+        def send(client: Client) -> bool:
+            pipe = client.pipeline(transaction=False)
             for (block_hash, holder), event in latest.items():
                 key = self.key(block_hash)
                 if event.tier is None:
@@ -119,38 +133,46 @@ class PrefixIndex:
             pipe.execute()
             return True
 
-        ok, _ = self.guard.call(send, False)
-        if ok:
-            self.stats.published_batches += 1
-            self.stats.published_events += len(latest)
-        else:
-            self.stats.dropped_batches += 1
-            self.stats.dropped_events += len(latest)
+        ok, _ = self.link.run(send, False)
+        with self._stats_lock:
+            if ok:
+                self.stats.published_batches += 1
+                self.stats.published_events += len(latest)
+            else:
+                self.stats.dropped_batches += 1
+                self.stats.dropped_events += len(latest)
         return ok
 
     def lookup(self, block_hashes: Sequence[str]) -> PrefixLookup:
         """The longest cached chain per worker for a prompt's block hashes, in one round trip;
         `PrefixLookup(ok=False)` (no hits) when Redis is unavailable."""
-        self.stats.lookups += 1
+        with self._stats_lock:
+            self.stats.lookups += 1
         if not block_hashes:
             return PrefixLookup()
         keys = [self.key(h) for h in block_hashes]
         now_ms = int(self._clock() * 1000)
         start = time.perf_counter()
-        raw, ok = self.guard.call(lambda: self._lookup_script(keys=keys, args=[now_ms]), None)
-        if not ok or raw is None:
-            self.stats.failed_lookups += 1
-            return PrefixLookup(ok=False)
-        self.stats.lookup_seconds += time.perf_counter() - start
+        raw, ok = self.link.run(lambda c: self._script(c)(keys=keys, args=[now_ms]), None)
+        with self._stats_lock:
+            if not ok or raw is None:
+                self.stats.failed_lookups += 1
+                return PrefixLookup(ok=False)
+            self.stats.lookup_seconds += time.perf_counter() - start
         return longest_chains([_holdings(flat) for flat in raw])
 
     def probe(self) -> bool:
         """Ping Redis (unless backing off); the result is also what `healthy` reports next."""
-        ok, _ = self.guard.call(lambda: bool(self.client.ping()), False)
+        ok, _ = self.link.run(lambda c: bool(c.ping()), False)
         return ok
 
     def close(self) -> None:
-        self.client.close()
+        self.link.close()
+
+    def _script(self, client: Client) -> Script:
+        if self._lookup_script is None:
+            self._lookup_script = client.register_script(_LOOKUP_LUA)
+        return self._lookup_script
 
 
 def _holdings(flat: list[bytes]) -> dict[str, Holding]:

@@ -84,7 +84,9 @@ def decode_block(block_hash: str, data: bytes) -> BlockData:
             raise BlockCodecError(f"block {block_hash}: payload shorter than its header says")
         raw = bytearray(payload[:nbytes])
         payload = payload[nbytes:]
-        flat = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        flat = (
+            torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        )
         out[spec["name"]] = flat.view(dtype).reshape(shape)
     if len(payload) or "latents" not in out:
         raise BlockCodecError(f"block {block_hash}: payload does not match its header")

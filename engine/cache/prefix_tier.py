@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from engine.cache.prefix_redis import RedisGuard, connect
+from engine.cache.prefix_redis import Client, RedisLink
 
 
 class BlockTier(Protocol):
@@ -38,32 +38,42 @@ class RedisBlockTier:
         password: str | None = None,
         ttl_s: float = 3600.0,
         timeout_s: float = 2.0,
+        cluster: bool = False,
         retry_after_s: float = 1.0,
     ) -> None:
         if ttl_s < 1:
             raise ValueError(f"ttl_s must be at least 1 s, got {ttl_s}")
         self.fingerprint = fingerprint
         self.ttl_ms = int(ttl_s * 1000)
-        self.client = connect(url, password=password, timeout_s=timeout_s)
-        self.guard = RedisGuard(retry_after_s)
+        self.link = RedisLink(
+            url,
+            password=password,
+            timeout_s=timeout_s,
+            cluster=cluster,
+            retry_after_s=retry_after_s,
+        )
 
     @property
     def healthy(self) -> bool:
-        return self.guard.healthy
+        return self.link.healthy
+
+    @property
+    def client(self) -> Client:
+        return self.link.client
 
     def get(self, block_hash: str) -> bytes | None:
         key = block_key(self.fingerprint, block_hash)
-        data, _ = self.guard.call(lambda: self.client.getex(key, px=self.ttl_ms), None)
+        data, _ = self.link.run(lambda c: c.getex(key, px=self.ttl_ms), None)
         return data
 
     def put(self, block_hash: str, data: bytes) -> bool:
         key = block_key(self.fingerprint, block_hash)
-        ok, _ = self.guard.call(lambda: bool(self.client.set(key, data, px=self.ttl_ms)), False)
+        ok, _ = self.link.run(lambda c: bool(c.set(key, data, px=self.ttl_ms)), False)
         return ok
 
     def delete(self, block_hash: str) -> None:
         key = block_key(self.fingerprint, block_hash)
-        self.guard.call(lambda: self.client.delete(key), 0)
+        self.link.run(lambda c: c.delete(key), 0)
 
     def close(self) -> None:
-        self.client.close()
+        self.link.close()

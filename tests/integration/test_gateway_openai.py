@@ -15,7 +15,7 @@ import pytest
 from control_plane.launcher import Cluster
 from engine.model.ling import LingModel
 from engine.tokenizer import Tokenizer
-from tests.integration.cluster import assert_pools_empty, running_cluster
+from tests.integration.cluster import assert_pools_empty, load_of, running_cluster
 from tests.integration.near_ties import tie_free_prompts
 
 KEY = "sk-test-duet"
@@ -250,3 +250,36 @@ def test_two_hundred_concurrent_streams(cluster: Cluster, tiny_model: LingModel)
 
     results = asyncio.run(main())
     assert results == [cases[i % 5][1] for i in range(200)]
+
+
+def test_client_disconnect_aborts_on_the_workers(cluster: Cluster) -> None:
+    url = f"http://127.0.0.1:{cluster.http_port}/v1/completions"
+    body = {
+        "model": "ling-tiny",
+        "prompt": "A long story",
+        "max_tokens": 2000,
+        "stream": True,
+        "ignore_eos": True,
+    }
+
+    async def main() -> int:
+        seen = 0
+        headers = {"Authorization": f"Bearer {KEY}"}
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with (
+            aiohttp.ClientSession(headers=headers) as s,
+            s.post(url, json=body, timeout=timeout) as r,
+        ):
+            async for raw in r.content:
+                seen += bool(raw.strip())
+                if seen == 3:
+                    break  # leaving the block closes the connection mid-stream
+        return seen
+
+    decode = next(w for w in cluster.workers if w.role == "decode")
+    before = load_of(decode.address, "decode").completed_requests
+    assert asyncio.run(main()) == 3
+    for w in cluster.workers:
+        assert_pools_empty(w.address, w.role, timeout_s=10)
+    # Aborted, not run to its 2000 tokens: an aborted request never counts as completed.
+    assert load_of(decode.address, "decode").completed_requests == before

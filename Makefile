@@ -63,6 +63,7 @@ test: setup mlx-venv lint
 bench: setup
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.transfer_tcp
+	$(PY) -m bench.gateway_cost
 
 bench-gpu: setup
 	$(PY) -m bench.gpu_kernels

@@ -20,7 +20,7 @@ import grpc
 from control_plane.metrics import GatewayMetrics
 from control_plane.pd_client import StageError, WorkerPair, generate
 from control_plane.registry import Registry, WorkerEntry
-from control_plane.router import NoWorker, Router
+from control_plane.router import NoRoom, NoWorker, Router
 from duet.v1 import worker_pb2 as pb
 from duet.v1 import worker_pb2_grpc as pb_grpc
 from engine.sampling import SamplingParams
@@ -96,7 +96,11 @@ class Orchestrator:
                 p, d = self.router.pick(tokens, exclude)
             except NoWorker as exc:
                 if time.monotonic() + NO_WORKER_WAIT_S > give_up:
-                    raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
+                    full = isinstance(exc, NoRoom)
+                    code = (
+                        grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
+                    )
+                    raise RequestFailed(code, str(exc)) from exc
                 exclude.clear()  # a worker marked failed may have come back
                 await asyncio.sleep(NO_WORKER_WAIT_S)
                 continue

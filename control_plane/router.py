@@ -16,6 +16,10 @@ class NoWorker(RuntimeError):
     """No healthy worker of a role is available."""
 
 
+class NoRoom(NoWorker):
+    """Healthy workers exist, but none has room for the request right now (overload)."""
+
+
 def prefill_cost(w: WorkerEntry, prompt_tokens: int) -> float:
     """Tokens this worker would still have to compute before this prompt is done."""
     return float(w.load.queued_tokens + w.inflight_tokens + prompt_tokens)
@@ -46,9 +50,11 @@ class Router:
     def _pick(self, role: str, score: Score, tokens: int, exclude: Sequence[str]) -> WorkerEntry:
         candidates = [w for w in self.registry.healthy(role) if w.address not in exclude]
         scored = [(score(w, tokens), w) for w in candidates]
+        if not scored:
+            raise NoWorker(f"no healthy {role} worker")
         scored = [(s, w) for s, w in scored if s != float("inf")]
         if not scored:
-            raise NoWorker(f"no healthy {role} worker with room")
+            raise NoRoom(f"every {role} worker is full")
         if len(scored) == 1:
             return scored[0][1]
         a, b = self.rng.sample(scored, 2)  # power of two choices among the candidates

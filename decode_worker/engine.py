@@ -18,14 +18,14 @@ from decode_worker.request import DecodeRequest, Event, Failure, Phase, Preempte
 from engine.model.ling import LingModel
 from engine.runner import ModelRunner, PrefillItem
 from engine.sampling import Sampler, SamplingParams
+from engine.stopping import StopRule
 from engine.transfer.base import ChecksumMismatch, TransferDescriptor, TransferError
-from engine.transfer.select import make_receiver, receiver_backend
+from engine.transfer.select import make_receiver, receiver_backend, receiver_options
 from engine.transfer_layout import HIDDEN, expected_tensors
 from engine.worker_config import WorkerConfig
 from engine.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
-STOP, LENGTH = "stop", "length"
 StopCheckFactory = Callable[[SamplingParams], Callable[[int], bool]]
 
 
@@ -66,13 +66,10 @@ class DecodeEngine:
         self._thread.start()
 
     def _device_options(self) -> dict[str, object]:
-        """cuda_ipc exports the pools the destinations are views of; nccl needs the device."""
-        backend = receiver_backend(self.cfg.transfer_backend)
-        if backend == "cuda_ipc":
-            return {"pools": [self.runner.latents.storage, self.runner.states.storage]}
-        if backend == "nccl":
-            return {"device": self.model.device}
-        return {}
+        pools = [self.runner.latents.storage, self.runner.states.storage]
+        return receiver_options(
+            receiver_backend(self.cfg.transfer_backend), pools, self.model.device
+        )
 
     # Reservation and transfer --------------------------------------------------------------
     def reserve(
@@ -252,21 +249,12 @@ class DecodeEngine:
         return [rows[r.request_id] for r in admitted]
 
     def _sample(self, req: DecodeRequest, logits: torch.Tensor) -> None:
-        p = req.params
-        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids))
-        banned = tuple(stops) if len(req.generated) < p.min_tokens else ()
-        sampled = req.sampler.sample(logits, banned)
+        rule = StopRule(req.params, self.eos_ids, self.model.cfg.max_position_embeddings)
+        sampled = req.sampler.sample(logits, rule.banned(len(req.generated)))
         self.metrics.tokens.inc()
         req.generated.append(sampled.token)
-        reason = None
-        hit_stop_token = len(req.generated) > p.min_tokens and sampled.token in stops
-        if hit_stop_token or (req.stop_check is not None and req.stop_check(sampled.token)):
-            reason = STOP
-        elif (
-            len(req.generated) >= p.max_tokens
-            or req.seq.length + 1 >= self.model.cfg.max_position_embeddings
-        ):
-            reason = LENGTH
+        n = len(req.generated)
+        reason = rule.finish_reason(n, sampled.token, req.seq.length, req.stop_check)
         req.emit(TokenOut(sampled, reason))
         req.done = reason is not None
 

@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from engine.model.ling import LingModel
 from engine.runner import ModelRunner, PrefillItem, SeqCache
 from engine.sampling import SampledToken, Sampler, SamplingParams
+from engine.stopping import LENGTH, STOP, StopRule
 
-FINISH_STOP = "stop"
-FINISH_LENGTH = "length"
+FINISH_STOP, FINISH_LENGTH = STOP, LENGTH
 
 
 @dataclass
@@ -53,27 +53,16 @@ class OfflineEngine:
         self.prefill_chunk = prefill_chunk
         self.max_len = model.cfg.max_position_embeddings
 
-    def _finish_reason(self, run: _Running, token: int) -> str | None:
-        p = run.request.params
-        stops = set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids))
-        if len(run.generated) > p.min_tokens and token in stops:
-            return FINISH_STOP
-        if run.request.stop_check is not None and run.request.stop_check(token):
-            return FINISH_STOP
-        if len(run.generated) >= p.max_tokens or run.seq.length + 1 >= self.max_len:
-            return FINISH_LENGTH
-        return None
-
-    def _banned(self, run: _Running) -> tuple[int, ...]:
-        p = run.request.params
-        if len(run.generated) >= p.min_tokens:
-            return ()
-        return tuple(set(p.stop_token_ids) | (set() if p.ignore_eos else set(self.eos_ids)))
+    def _rule(self, run: _Running) -> StopRule:
+        return StopRule(run.request.params, self.eos_ids, self.max_len)
 
     def _emit(self, run: _Running, logits_row) -> StepOutput:  # type: ignore[no-untyped-def]
-        sampled = run.sampler.sample(logits_row, self._banned(run))
+        rule = self._rule(run)
+        sampled = run.sampler.sample(logits_row, rule.banned(len(run.generated)))
         run.generated.append(sampled.token)
-        return StepOutput(run.index, sampled, self._finish_reason(run, sampled.token))
+        n = len(run.generated)
+        reason = rule.finish_reason(n, sampled.token, run.seq.length, run.request.stop_check)
+        return StepOutput(run.index, sampled, reason)
 
     def _start(self, requests: list[GenerationRequest], running: list[_Running]) -> None:
         """Allocates each request's cache into `running` (so the caller frees it on failure)."""

@@ -191,3 +191,15 @@ def receiver_backend(configured: str) -> str:
     if configured != "auto":
         return configured
     return "nccl" if torch.cuda.is_available() and has_cupy_nccl() else "tcp"
+
+
+def receiver_options(
+    backend: str, pools: list[torch.Tensor], device: torch.device
+) -> dict[str, Any]:
+    """What make_receiver needs beyond the callbacks: cuda_ipc exports the pools the
+    destinations are views of; nccl needs the device."""
+    if backend == "cuda_ipc":
+        return {"pools": pools}
+    if backend == "nccl":
+        return {"device": device}
+    return {}

@@ -14,14 +14,15 @@ from collections.abc import Callable
 
 import torch
 
+from decode_worker.cache_io import destination_views, first_logits
 from decode_worker.request import DecodeRequest, Event, Failure, Phase, Preempted, Sink, TokenOut
 from engine.model.ling import LingModel
-from engine.runner import ModelRunner, PrefillItem
+from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams
 from engine.stopping import StopRule
 from engine.transfer.base import ChecksumMismatch, TransferDescriptor, TransferError
 from engine.transfer.select import make_receiver, receiver_backend, receiver_options
-from engine.transfer_layout import HIDDEN, expected_tensors
+from engine.transfer_layout import expected_tensors
 from engine.worker_config import WorkerConfig
 from engine.worker_metrics import WorkerMetrics
 
@@ -115,15 +116,7 @@ class DecodeEngine:
     def _destination(self, request_id: str, name: str) -> torch.Tensor | list[torch.Tensor]:
         with self._lock:
             req = self._requests[request_id]
-        if name == HIDDEN:
-            return req.hidden
-        kind, layer = name.split(".")
-        if kind == "state":
-            return self.runner.states.storage[req.seq.slot, self.model.linear_index[int(layer)]]
-        storage = self.runner.latents.storage[self.model.mla_index[int(layer)]]
-        ps, n = self.runner.latents.page_size, len(req.prompt_ids)
-        pages = req.seq.pages[: self.runner.latents.pages_for(n)]
-        return [storage[p, : min(ps, n - k * ps)] for k, p in enumerate(pages)]
+        return destination_views(self.runner, req, name)
 
     def _await_commit(self, request_id: str) -> None:
         try:
@@ -221,7 +214,9 @@ class DecodeEngine:
 
     def _step_inner(self, admitted: list[DecodeRequest]) -> None:
         if admitted:
-            for req, row in zip(admitted, self._first_logits(admitted), strict=True):
+            for req, row in zip(
+                admitted, first_logits(self.runner, admitted, self.cfg.prefill_chunk), strict=True
+            ):
                 self._sample(req, row)
         self._retire()
         decoding = self._make_room()
@@ -232,21 +227,6 @@ class DecodeEngine:
             for req, row in zip(decoding, logits, strict=True):
                 self._sample(req, row)
             self._retire()
-
-    def _first_logits(self, admitted: list[DecodeRequest]) -> list[torch.Tensor]:
-        """Logits for each admitted request's first token: from the transferred hidden state,
-        or from a prefill run here (chunked) for local-prefill requests."""
-        local = [r for r in admitted if r.local_prefill]
-        rows: dict[str, torch.Tensor] = {}
-        if local:
-            items = [PrefillItem(r.seq, r.prompt_ids) for r in local]
-            out = self.runner.prefill_chunked(items, self.cfg.prefill_chunk)
-            rows = {r.request_id: out.logits[b] for b, r in enumerate(local)}
-        remote = [r for r in admitted if not r.local_prefill]
-        if remote:
-            logits = self.model.logits(torch.stack([r.hidden for r in remote]))
-            rows |= {r.request_id: logits[b] for b, r in enumerate(remote)}
-        return [rows[r.request_id] for r in admitted]
 
     def _sample(self, req: DecodeRequest, logits: torch.Tensor) -> None:
         rule = StopRule(req.params, self.eos_ids, self.model.cfg.max_position_embeddings)

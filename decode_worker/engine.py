@@ -14,8 +14,9 @@ from collections.abc import Callable
 
 import torch
 
+from decode_worker import request as msg
 from decode_worker.cache_io import destination_views, first_logits
-from decode_worker.request import DecodeRequest, Event, Failure, Phase, Preempted, Sink, TokenOut
+from decode_worker.request import DecodeRequest, Draining, Event, Failure, Phase, Sink
 from engine.model.ling import LingModel
 from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams
@@ -28,10 +29,6 @@ from engine.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 StopCheckFactory = Callable[[SamplingParams], Callable[[int], bool]]
-
-
-class Draining(RuntimeError):
-    """The worker is shutting down and takes no new work."""
 
 
 class DecodeEngine:
@@ -79,9 +76,10 @@ class DecodeEngine:
         prompt_ids: list[int],
         params: SamplingParams,
         local_prefill: bool = False,
+        lease_s: float = 0.0,
     ) -> TransferDescriptor | None:
-        """Allocate pages and a slot. Remote prefill: open a transfer lease and return its
-        descriptor. Local prefill: queue the prompt for this worker's step loop; None."""
+        """Pages + a slot. Remote prefill: a transfer lease of `lease_s` (capped by --lease-s;
+        0 = that), returning its descriptor. Local prefill: queued for the step loop; None."""
         if not prompt_ids:
             raise ValueError("empty prompt")
         if len(prompt_ids) + 1 >= self.model.cfg.max_position_embeddings:
@@ -106,7 +104,8 @@ class DecodeEngine:
                 return None
         expected = expected_tensors(self.model.cfg, len(prompt_ids), self.model.dtype)
         try:
-            descriptor = self.receiver.reserve(request_id, expected, self.cfg.lease_s)
+            lease = min(lease_s, self.cfg.lease_s) if lease_s > 0 else self.cfg.lease_s
+            descriptor = self.receiver.reserve(request_id, expected, lease)
         except Exception:
             self._end(request_id, Failure("UNAVAILABLE", "transfer reservation failed"))
             raise
@@ -235,7 +234,7 @@ class DecodeEngine:
         req.generated.append(sampled.token)
         n = len(req.generated)
         reason = rule.finish_reason(n, sampled.token, req.seq.length, req.stop_check)
-        req.emit(TokenOut(sampled, reason))
+        req.emit(msg.TokenOut(sampled, reason))
         req.done = reason is not None
 
     def _retire(self) -> None:
@@ -263,7 +262,7 @@ class DecodeEngine:
                 if need <= self.runner.latents.num_free:
                     break
                 victim = self._running.pop()
-                self._finish(victim, Preempted())
+                self._finish(victim, msg.Preempted())
             for r in self._running:
                 self.runner.ensure_capacity(r.seq, r.seq.length + 1)
             return list(self._running)

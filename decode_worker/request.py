@@ -12,6 +12,10 @@ from engine.runner import SeqCache
 from engine.sampling import SampledToken, Sampler, SamplingParams
 
 
+class Draining(RuntimeError):
+    """The worker is shutting down and takes no new work."""
+
+
 class Phase(enum.Enum):
     RESERVED = "reserved"  # pages + slot held under a transfer lease
     COMMITTED = "committed"  # caches verified; waiting for the step loop to admit it

@@ -41,6 +41,7 @@ class DecodeService(pb_grpc.DecodeWorkerServicer):
                 list(request.prompt_ids),
                 params,
                 request.local_prefill,
+                request.lease_s,
             )
 
         except ValueError as exc:

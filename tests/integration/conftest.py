@@ -15,9 +15,7 @@ def pair(tiny_model_dir: Path) -> Iterator[tuple[WorkerProc, WorkerProc]]:
     prefill = start_worker(
         "prefill", tiny_model_dir, "--prefill-chunk", "32", "--max-batch-tokens", "512"
     )
-    decode = start_worker(
-        "decode", tiny_model_dir, "--num-pages", "512", "--num-slots", "64", "--lease-s", "5"
-    )
+    decode = start_worker("decode", tiny_model_dir, "--num-pages", "512", "--num-slots", "64")
     try:
         yield prefill, decode
         wait_pools_empty(prefill)

@@ -90,17 +90,22 @@ class Orchestrator:
         self.max_attempts, self.lease_s = max_attempts, lease_s
 
     async def _pick(self, tokens: int, exclude: list[str], deadline: float) -> _Attempt:
-        give_up = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
+        """Wait for a pair: while pools are full the request queues here until its deadline
+        (overload: RESOURCE_EXHAUSTED); with no healthy worker of a role it gives up after
+        NO_WORKER_GRACE_S (UNAVAILABLE)."""
+        no_worker_until = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
         while True:
             try:
                 p, d = self.router.pick(tokens, exclude)
+            except NoRoom as exc:
+                no_worker_until = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
+                if time.monotonic() + NO_WORKER_WAIT_S > deadline:
+                    raise RequestFailed(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from exc
+                await asyncio.sleep(NO_WORKER_WAIT_S)
+                continue
             except NoWorker as exc:
-                if time.monotonic() + NO_WORKER_WAIT_S > give_up:
-                    full = isinstance(exc, NoRoom)
-                    code = (
-                        grpc.StatusCode.RESOURCE_EXHAUSTED if full else grpc.StatusCode.UNAVAILABLE
-                    )
-                    raise RequestFailed(code, str(exc)) from exc
+                if time.monotonic() + NO_WORKER_WAIT_S > no_worker_until:
+                    raise RequestFailed(grpc.StatusCode.UNAVAILABLE, str(exc)) from exc
                 exclude.clear()  # a worker marked failed may have come back
                 await asyncio.sleep(NO_WORKER_WAIT_S)
                 continue

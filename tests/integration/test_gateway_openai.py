@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
+import grpc
 import openai
 import pytest
 
@@ -283,3 +284,44 @@ def test_client_disconnect_aborts_on_the_workers(cluster: Cluster) -> None:
         assert_pools_empty(w.address, w.role, timeout_s=10)
     # Aborted, not run to its 2000 tokens: an aborted request never counts as completed.
     assert load_of(decode.address, "decode").completed_requests == before
+
+
+def test_grpc_generate_statuses_health_and_reflection(cluster: Cluster) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from duet.v1 import generate_pb2 as gpb
+    from duet.v1 import generate_pb2_grpc as gpb_grpc
+    from duet.v1 import worker_pb2 as pb
+
+    sampling = pb.SamplingParams(max_tokens=3, temperature=0.0, ignore_eos=True)
+    good = gpb.GenerateRequest(text="Hello", sampling=sampling)
+    auth = (("authorization", f"Bearer {KEY}"),)
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.grpc_port}") as ch:
+        stub = gpb_grpc.GenerateStub(ch)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Generate(good, timeout=30))
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for bad in (
+            gpb.GenerateRequest(sampling=sampling),
+            gpb.GenerateRequest(token_ids=gpb.TokenIds(ids=[10**6])),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                list(stub.Generate(bad, timeout=30, metadata=auth))
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        replies = list(stub.Generate(good, timeout=30, metadata=auth))
+        assert (
+            len(replies) == 3
+            and replies[-1].finish_reason == "length"
+            and replies[-1].completion_tokens == 3
+        )
+        check = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="duet.v1.Generate"), timeout=5
+        )
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        listed = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(
+            iter([request]), timeout=5
+        )
+        names = {s.name for r in listed for s in r.list_services_response.service}
+        assert {"duet.v1.Generate", "duet.v1.Registry"} <= names

@@ -289,15 +289,26 @@ def test_store_events_reach_the_index_and_evictions_are_forgotten(server: RedisS
     assert store.tier_of(first[0]) is None
 
 
+def _cluster_server(tmp_path: Path) -> tuple[int, RedisServer]:
+    """A cluster-mode server on a free TCP port; another process may take the port between
+    the probe and the bind, so a failed start is retried on a new port (bounded)."""
+    for attempt in range(3):
+        port = _free_port()
+        config = {
+            "cluster-enabled": "yes",
+            "cluster-config-file": str(tmp_path / f"nodes{attempt}.conf"),
+        }
+        try:
+            return port, RedisServer(port=str(port), bind="127.0.0.1", **config)
+        except redis.ConnectionError:
+            continue
+    raise AssertionError("no cluster-mode redis-server started in 3 tries")
+
+
 def test_redis_cluster_mode(tmp_path: Path) -> None:
     """A one-node Redis Cluster owning all slots: the hash-tagged keys let the lookup script
     and the pipelines run (a cluster refuses multi-key scripts across slots)."""
-    port = _free_port()
-    srv = RedisServer(
-        port=str(port),
-        bind="127.0.0.1",
-        **{"cluster-enabled": "yes", "cluster-config-file": str(tmp_path / "nodes.conf")},
-    )
+    port, srv = _cluster_server(tmp_path)
     try:
         node = srv.servers[0]
         node.execute_command("CLUSTER", "ADDSLOTS", *range(16384))

@@ -42,6 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=int(env("DUET_GRPC_PORT", "50051")),
         help="gRPC port, 0 = any free (default: %(default)s)",
     )
+    _add_api_args(p)
+    _add_serving_args(p)
+    p.set_defaults(func=run)
+
+
+def _add_api_args(p: argparse.ArgumentParser) -> None:
+    """What clients see: the model name, API keys, the prefix-cache index."""
+    env = os.environ.get
     p.add_argument(
         "--served-model-name",
         default=env("DUET_SERVED_MODEL_NAME"),
@@ -58,6 +66,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=env("DUET_REDIS_URL"),
         help="prefix-cache index (accepted; prefix-aware routing is not built yet)",
     )
+
+
+def _add_serving_args(p: argparse.ArgumentParser) -> None:
+    """Deadlines, worker liveness, routing policy and admission."""
+    env = os.environ.get
     p.add_argument(
         "--request-timeout-s",
         type=float,
@@ -83,7 +96,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1024,
         help="requests in flight before the gateway answers 429 (default: %(default)s)",
     )
-    p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -51,6 +51,14 @@ def _env(name: str, default: str) -> str:
 
 
 def add_worker_args(p: argparse.ArgumentParser) -> None:
+    """Every worker flag; each defaults to its DUET_* environment variable."""
+    _add_placement_args(p)
+    _add_capacity_args(p)
+    add_registration_args(p)
+
+
+def _add_placement_args(p: argparse.ArgumentParser) -> None:
+    """What to run and where: model, addresses, device, dtype."""
     p.add_argument(
         "--model",
         type=Path,
@@ -83,6 +91,10 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         default=_env("DTYPE", "float32"),
         help="(env DUET_DTYPE, default: %(default)s)",
     )
+
+
+def _add_capacity_args(p: argparse.ArgumentParser) -> None:
+    """Pool sizes, batching and the cache transfer."""
     p.add_argument(
         "--num-pages",
         type=int,
@@ -125,7 +137,6 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
         default=float(_env("LEASE_S", "30")),
         help="decode: seconds an uncommitted reservation is kept (default: %(default)s)",
     )
-    add_registration_args(p)
 
 
 def add_registration_args(p: argparse.ArgumentParser) -> None:

@@ -76,6 +76,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds a pool is left alone after a change (default %(default)s)",
     )
+    _add_policy_args(p)
+    p.add_argument(
+        "--kube-host",
+        metavar="URL",
+        help="Kubernetes API URL without auth (kubectl proxy, tests); default: in-cluster "
+        "service account, else kubeconfig",
+    )
+    p.add_argument("--once", action="store_true", help="evaluate once and exit")
+    p.add_argument("--dry-run", action="store_true", help="log decisions without scaling")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    p.set_defaults(func=run)
+
+
+def _add_policy_args(p: argparse.ArgumentParser) -> None:
+    """Replica bounds per pool and the signals' targets."""
     for pool in ("prefill", "decode"):
         for end, default in (("min", 1), ("max", 4)):
             p.add_argument(
@@ -120,16 +135,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="N",
         help="consecutive idle evaluations before removing a replica (default %(default)s)",
     )
-    p.add_argument(
-        "--kube-host",
-        metavar="URL",
-        help="Kubernetes API URL without auth (kubectl proxy, tests); default: in-cluster "
-        "service account, else kubeconfig",
-    )
-    p.add_argument("--once", action="store_true", help="evaluate once and exit")
-    p.add_argument("--dry-run", action="store_true", help="log decisions without scaling")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
-    p.set_defaults(func=run)
 
 
 def policy_config(args: argparse.Namespace) -> PolicyConfig:

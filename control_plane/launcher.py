@@ -121,6 +121,7 @@ class Cluster:
             self.spec.dtype,
             "--device",
             self.spec.device,
+            *(["--redis-url", self.redis_url] if self.redis_url else []),
             *self.spec.worker_args,
         ]
         proc = self._spawn(args)

@@ -35,7 +35,7 @@ async def serve(
     port: int,
     ready_info: dict[str, object],
     lifecycle: Lifecycle,
-    registration: Callable[[int], Registration] | None = None,
+    registration: Callable[[int], Registration | None] | None = None,
     drain_timeout_s: float = 20.0,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain: stop taking work, let running requests finish

@@ -91,16 +91,24 @@ def run(args: argparse.Namespace) -> int:
     return _run_decode(cfg, model)
 
 
-def _registration(cfg: WorkerConfig, load):  # type: ignore[no-untyped-def]
-    """Registration with the control plane when one is configured."""
-    if not cfg.control_plane:
-        return None
+def worker_identity(cfg: WorkerConfig, port: int) -> str:
+    """The id a worker registers and publishes its prefix blocks under."""
+    return cfg.worker_id or f"{cfg.role}-{cfg.advertise_host or cfg.host}-{port}"
+
+
+def _registration(cfg: WorkerConfig, load, on_bound=None):  # type: ignore[no-untyped-def]
+    """Once the port is known: `on_bound(worker_id)`, then registration with the control plane
+    when one is configured."""
     from duet.registration import Registration
     from duet.v1 import worker_pb2 as pb
 
-    def make(port: int) -> Registration:
+    def make(port: int) -> Registration | None:
         host = cfg.advertise_host or cfg.host
-        worker_id = cfg.worker_id or f"{cfg.role}-{host}-{port}"
+        worker_id = worker_identity(cfg, port)
+        if on_bound is not None:
+            on_bound(worker_id)
+        if not cfg.control_plane:
+            return None
         return Registration(
             cfg.control_plane,
             worker_id,
@@ -126,7 +134,8 @@ def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-de
     from prefill_worker.engine import PrefillEngine
     from prefill_worker.service import PrefillService
 
-    engine = PrefillEngine(cfg, model, _metrics(cfg))
+    cache = _prefix_cache(cfg, model)
+    engine = PrefillEngine(cfg, model, _metrics(cfg), cache)
     engine.metrics.watch_load(engine.load)
 
     def add(server) -> str:  # type: ignore[no-untyped-def]
@@ -134,11 +143,19 @@ def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-de
         return "duet.v1.PrefillWorker"
 
     life = Lifecycle(engine.drain, engine.is_idle, engine.close)
-    reg = _registration(cfg, engine.load)
-    asyncio.run(
-        serve([add], cfg.host, cfg.port, {"role": "prefill"}, life, reg, cfg.drain_timeout_s)
-    )
+    reg = _registration(cfg, engine.load, cache.start_publishing if cache else None)
+    info = {"role": "prefill", "prefix_cache": cache is not None}
+    asyncio.run(serve([add], cfg.host, cfg.port, info, life, reg, cfg.drain_timeout_s))
     return 0
+
+
+def _prefix_cache(cfg: WorkerConfig, model):  # type: ignore[no-untyped-def]
+    """The prefill worker's prefix cache, or None when --prefix-cache off."""
+    if not cfg.prefix.enabled:
+        return None
+    from prefill_worker.prefix_cache import WorkerPrefixCache
+
+    return WorkerPrefixCache(cfg.prefix, cfg.model_dir, str(model.device))
 
 
 def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
@@ -159,6 +176,6 @@ def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def
 
     info = {"role": "decode", "transfer_port": engine.receiver.port}
     life = Lifecycle(engine.drain, engine.is_idle, engine.close)
-    reg = _registration(cfg, engine.load)
+    reg = _registration(cfg, engine.load) if cfg.control_plane else None
     asyncio.run(serve([add], cfg.host, cfg.port, info, life, reg, cfg.drain_timeout_s))
     return 0

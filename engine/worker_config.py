@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from engine.prefix_config import PrefixCacheConfig, add_prefix_args, prefix_config_from_args
 
 TRANSFER_BACKENDS = ("tcp", "cuda_ipc", "nccl", "auto")
 
@@ -31,6 +33,7 @@ class WorkerConfig:
     worker_id: str | None = None
     drain_timeout_s: float = 20.0
     metrics_port: int = 0  # Prometheus /metrics; 0 = not served
+    prefix: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
 
     def __post_init__(self) -> None:
         if self.role not in ("prefill", "decode"):
@@ -55,6 +58,7 @@ def add_worker_args(p: argparse.ArgumentParser) -> None:
     _add_placement_args(p)
     _add_capacity_args(p)
     add_registration_args(p)
+    add_prefix_args(p)
 
 
 def _add_placement_args(p: argparse.ArgumentParser) -> None:
@@ -184,4 +188,5 @@ def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
         worker_id=args.worker_id,
         drain_timeout_s=args.drain_timeout_s,
         metrics_port=args.metrics_port,
+        prefix=prefix_config_from_args(args),
     )

@@ -25,6 +25,7 @@ from engine.transfer_layout import HIDDEN, layer_tensor_name
 from engine.worker_config import WorkerConfig
 from engine.worker_metrics import WorkerMetrics
 from prefill_worker.outbound import Outbound
+from prefill_worker.prefix_cache import PrefixLookupResult, WorkerPrefixCache
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class PrefillJob:
     result: Future[PrefillResult] = field(default_factory=Future)
     outbound: Outbound | None = None
     aborted: bool = False
+    cached_tokens: int = 0  # prompt tokens not computed (explicit prefix or a cache hit)
 
 
 class Draining(RuntimeError):
@@ -69,9 +71,14 @@ class Draining(RuntimeError):
 
 class PrefillEngine:
     def __init__(
-        self, cfg: WorkerConfig, model: LingModel, metrics: WorkerMetrics | None = None
+        self,
+        cfg: WorkerConfig,
+        model: LingModel,
+        metrics: WorkerMetrics | None = None,
+        prefix_cache: WorkerPrefixCache | None = None,
     ) -> None:
         self.cfg, self.model = cfg, model
+        self.prefix_cache = prefix_cache
         self.metrics = metrics or WorkerMetrics("prefill")
         self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
         self._lock = threading.Condition()
@@ -168,19 +175,38 @@ class PrefillEngine:
         job.result.set_exception(TransferError("prefill deadline passed while queued"))
         return True
 
+    def _start_job(
+        self, job: PrefillJob, b: int, lookups: dict[int, PrefixLookupResult]
+    ) -> PrefillItem:
+        """Pages, slot and resume point for job b; its cache lookup (if any) is lookups[b]."""
+        seq = self.runner.new_sequence(len(job.prompt_ids))
+        snapshot_at: tuple[int, ...] = ()
+        try:
+            if job.prefix is not None:
+                self.runner.load_prefix(seq, job.prefix.latents, job.prefix.state)
+            elif self.prefix_cache is not None:
+                found = self.prefix_cache.lookup(job.prompt_ids)
+                lookups[b] = found
+                if found.handle is not None:
+                    self.runner.load_prefix(seq, found.handle.latents, found.handle.state)
+                snapshot_at = self.prefix_cache.snapshot_at(len(job.prompt_ids), seq.length)
+            job.cached_tokens = seq.length
+            sender = make_sender(job.destination.backend)
+            job.outbound = Outbound(sender, job.destination, job.deadline)
+        except BaseException:
+            self.runner.release(seq)
+            raise
+        return PrefillItem(seq, job.prompt_ids[seq.length :], snapshot_at)
+
     def _run_batch(self, jobs: list[PrefillJob]) -> None:
         seqs: list[SeqCache] = []
+        lookups: dict[int, PrefixLookupResult] = {}  # job index -> its pinned lookup
         start = time.monotonic()
         try:
-            for job in jobs:
-                seqs.append(self.runner.new_sequence(len(job.prompt_ids)))
-                if job.prefix is not None:
-                    self.runner.load_prefix(seqs[-1], job.prefix.latents, job.prefix.state)
-                sender = make_sender(job.destination.backend)
-                job.outbound = Outbound(sender, job.destination, job.deadline)
-            items = [
-                PrefillItem(s, j.prompt_ids[s.length :]) for s, j in zip(seqs, jobs, strict=True)
-            ]
+            items = []
+            for b, job in enumerate(jobs):
+                items.append(self._start_job(job, b, lookups))
+                seqs.append(items[-1].seq)
 
             def layer_done(layer: int, finishing: list[int]) -> None:
                 name = layer_tensor_name(self.model.cfg, layer)
@@ -196,6 +222,7 @@ class PrefillEngine:
                 job.outbound.put(HIDDEN, out.hidden[b].clone())  # type: ignore[union-attr]
                 job.outbound.commit()  # type: ignore[union-attr]
                 self._resolve_when_sent(job, compute_s, start)
+            self._cache_prompts(jobs, seqs, lookups, out.snapshots)
         except Exception as exc:
             log.exception("prefill batch failed")
             for job in jobs:
@@ -206,6 +233,29 @@ class PrefillEngine:
         finally:
             for s in seqs:
                 self.runner.release(s)
+            for b, found in lookups.items():
+                self.prefix_cache.finished(found, len(jobs[b].prompt_ids))  # type: ignore[union-attr]
+
+    def _cache_prompts(
+        self,
+        jobs: list[PrefillJob],
+        seqs: list[SeqCache],
+        lookups: dict[int, PrefixLookupResult],
+        snapshots: dict[tuple[int, int], torch.Tensor],
+    ) -> None:
+        """Insert each prompt's new snapshotted blocks; a cache failure never fails a request
+        (the caches are already on their way to the decode side)."""
+        if self.prefix_cache is None:
+            return
+        for b, found in lookups.items():
+            snaps = {count: s for (i, count), s in snapshots.items() if i == b}
+            if not snaps:
+                continue
+            try:
+                latents = self.runner.read_latents(seqs[b])
+                self.prefix_cache.insert(found.hashes, latents, snaps)
+            except Exception:
+                log.exception("prefix cache insert failed for %s", jobs[b].request_id)
 
     def _layer_tensor(self, seq: SeqCache, layer: int, num_tokens: int) -> torch.Tensor:
         if self.model.cfg.is_mla_layer(layer):
@@ -221,7 +271,7 @@ class PrefillEngine:
             self.metrics.transfer_bytes.inc(f.result())
             self.metrics.transfer_seconds.observe(time.monotonic() - start - compute_s)
             n = len(job.prompt_ids)
-            computed = n - (job.prefix.num_tokens if job.prefix is not None else 0)
+            computed = n - job.cached_tokens
             elapsed = time.monotonic() - start
             job.result.set_result(PrefillResult(n, computed, f.result(), compute_s, elapsed))
 
@@ -239,8 +289,20 @@ class PrefillEngine:
                     if j.outbound is not None and not j.outbound.done.done()
                 ),
                 "completed_requests": self._completed,
-                **self.runner.pool_report(),
+                **self._pool_report(),
             }
+
+    def _pool_report(self) -> dict[str, object]:
+        """Pools plus the prefix cache; a broken cache invariant fails integrity like a pool."""
+        report = self.runner.pool_report()
+        if self.prefix_cache is None:
+            return report
+        try:
+            self.prefix_cache.check_integrity()
+        except AssertionError as exc:
+            report["integrity_ok"] = False
+            report["integrity_error"] = f"prefix cache: {exc}"
+        return {**report, "prefix_cache": self.prefix_cache.load()}
 
     def drain(self) -> None:
         with self._lock:
@@ -262,3 +324,5 @@ class PrefillEngine:
             if not job.result.done():
                 job.result.set_exception(TransferError("prefill worker shutting down"))
         self._thread.join(timeout=10)
+        if self.prefix_cache is not None:
+            self.prefix_cache.close()

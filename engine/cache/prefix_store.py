@@ -184,6 +184,15 @@ class PrefixStore:
                 for e in self._entries.values()
             ]
 
+    def pinned_blocks(self) -> int:
+        """Blocks held by live handles (0 when no request is using the cache)."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.refs > 0)
+
+    def num_blocks(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
     def used_bytes(self) -> dict[str, int]:
         with self._lock:
             return {name: tier.used for name, tier in self._tiers.items()}

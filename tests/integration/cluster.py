@@ -65,6 +65,7 @@ def assert_pools_empty(address: str, role: str, timeout_s: float = 15.0) -> None
                 and load.free_slots == load.total_slots
                 and load.integrity_ok
                 and load.pending_transfers == 0
+                and load.prefix_cache.pinned_blocks == 0
             ):
                 return
             if time.monotonic() > deadline:

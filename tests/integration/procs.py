@@ -106,6 +106,7 @@ def wait_pools_empty(worker: WorkerProc, timeout_s: float = 15.0) -> pb.LoadResp
             and load.pending_transfers == 0
             and load.running_requests == 0
             and load.queued_requests == 0
+            and load.prefix_cache.pinned_blocks == 0
         )
         if empty and load.integrity_ok:
             return load

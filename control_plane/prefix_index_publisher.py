@@ -3,7 +3,9 @@ batches, and republish the whole resident set every `refresh_s`.
 
 The periodic full republish keeps the TTL stamps of long-lived blocks fresh and repopulates the
 index after Redis restarts empty or after batches were dropped while it was down (then the next
-successful flush is a full one).
+successful flush is a full one). The events of a dropped batch are kept (the last per block,
+at most MAX_RETAINED blocks) and go out with the next flush: a full republish re-asserts what
+is resident but could not withdraw a block evicted during the outage.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import time
 from collections.abc import Callable
 
 from control_plane.prefix_index import PrefixIndex
-from engine.cache.prefix_types import BlockEvent
+from engine.cache.prefix_types import L3, BlockEvent
+
+MAX_RETAINED = 1_000_000  # blocks whose last event is kept across dropped batches
 
 
 class IndexPublisher:
@@ -30,6 +34,7 @@ class IndexPublisher:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: list[BlockEvent] = []
+        self._retained: dict[tuple[str, bool], BlockEvent] = {}  # from dropped batches
         self._next_refresh = 0.0  # the first flush is a full one
         self.full_refreshes = 0
 
@@ -42,7 +47,9 @@ class IndexPublisher:
         """Publish what is pending (plus the resident set when a refresh is due) in one batch.
         False when Redis dropped it; the next successful flush is then a full republish."""
         with self._lock:
-            batch, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
+        batch = [*self._retained.values(), *pending]  # oldest first: the last event wins
+        self._retained = {}
         full = self._clock() >= self._next_refresh
         if full:
             batch += self._resident()  # after the pending events: the current state wins
@@ -51,7 +58,16 @@ class IndexPublisher:
         ok = self.index.publish(self.worker_id, batch)
         if not ok:
             self._next_refresh = 0.0
+            self._retain(batch)
         elif full:
             self._next_refresh = self._clock() + self.refresh_s
             self.full_refreshes += 1
         return ok
+
+    def _retain(self, batch: list[BlockEvent]) -> None:
+        """Keep the last event per (block, shared tier or not) of a dropped batch."""
+        for event in batch:
+            key = (event.block_hash, event.tier == L3)
+            self._retained.pop(key, None)  # re-inserted last: dict order is event order
+            if len(self._retained) < MAX_RETAINED:
+                self._retained[key] = event

@@ -167,11 +167,13 @@ class WorkerPrefixCache:
         self.store.check_integrity()
 
     def close(self) -> None:
-        """Stop publishing and withdraw this worker's blocks from the index (best effort)."""
+        """Stop publishing and withdraw this worker's blocks from the index (best effort):
+        pending events first (removals of evicted blocks), then every resident block."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         if self.publisher is not None and self.index is not None:
+            self.publisher.flush()
             gone = [BlockEvent(e.block_hash, None) for e in self.store.resident()]
             self.index.publish(self.publisher.worker_id, gone)
         for part in (self.index, self.l3):

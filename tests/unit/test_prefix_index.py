@@ -327,3 +327,24 @@ def test_redis_cluster_mode(tmp_path: Path) -> None:
     unreachable = PrefixIndex(f"redis://127.0.0.1:{_free_port()}/0", FP, cluster=True)
     assert not unreachable.lookup(HASHES).ok and not unreachable.healthy
     assert not unreachable.publish("a", held(HASHES[:1]))
+
+
+def test_an_eviction_during_an_outage_is_withdrawn_once_redis_answers(
+    server: RedisServer,
+) -> None:
+    """Redis not answering (its data kept): the dropped removal goes out with the next flush,
+    so the index does not name an evicted block until its TTL."""
+    index = PrefixIndex(server.url, FP, timeout_s=0.2, retry_after_s=0.1)
+    entry = (2 * 4 * 2 + 2 * 1 * 2 * 2) * 4
+    publisher = IndexPublisher(index, "w1", lambda: store.resident(), refresh_s=3600)
+    store = PrefixStore(PrefixStoreConfig(4, 2 * entry, 0), on_event=publisher.record)
+    first, second = block_hashes([1] * 8, 4, FP), block_hashes([2] * 8, 4, FP)
+    snaps = {0: torch.ones(2, 1, 2, 2), 1: torch.ones(2, 1, 2, 2)}
+    store.insert(first, torch.ones(2, 8, 2), snaps)
+    assert publisher.flush()
+    redis.Redis(unix_socket_path=server.socket_path).client_pause(600)  # away, data kept
+    store.insert(second, torch.ones(2, 8, 2), snaps)  # evicts `first` while Redis is away
+    assert not publisher.flush()
+    time.sleep(0.7)
+    assert publisher.flush()
+    assert index.lookup(first).chains == {} and index.lookup(second).chains == {"w1": 2}

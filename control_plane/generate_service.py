@@ -71,10 +71,11 @@ class GenerateService(gpb_grpc.GenerateServicer):
         timeout = context.time_remaining() or DEFAULT_TIMEOUT_S
         task = Task(request.request_id or uuid.uuid4().hex, ids, params, timeout)
         text = TextStream(self.tokenizer, params.stop)
-        count = 0
+        count = cached = 0
         try:
             async for event in self.orchestrator.run(task):
                 count += 1
+                cached = max(cached, event.cached_tokens)
                 chunk = text.add(event.token_id)
                 last = bool(event.finish_reason)
                 yield _response(
@@ -83,13 +84,19 @@ class GenerateService(gpb_grpc.GenerateServicer):
                     params.logprobs is not None,
                     len(ids) if last else 0,
                     count if last else 0,
+                    cached if last else 0,
                 )
         except RequestFailed as exc:
             await context.abort(exc.code, exc.message)
 
 
 def _response(
-    event: pb.TokenEvent, text: str, logprobs: bool, prompt_tokens: int, completion_tokens: int
+    event: pb.TokenEvent,
+    text: str,
+    logprobs: bool,
+    prompt_tokens: int,
+    completion_tokens: int,
+    cached_tokens: int,
 ) -> gpb.GenerateResponse:
     r = gpb.GenerateResponse(
         token_ids=[event.token_id],
@@ -97,6 +104,7 @@ def _response(
         finish_reason=event.finish_reason,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        cached_tokens=cached_tokens,
     )
     if logprobs:
         r.logprobs.append(event.logprob)

@@ -41,7 +41,7 @@ async def health(request: web.Request) -> web.Response:
         "status": "ok" if prefill and decode else "unavailable",
         "prefill_workers": prefill,
         "decode_workers": decode,
-        "prefix_cache": "disabled",
+        "prefix_cache": plane.prefix_cache_state(),  # degraded never fails the health check
     }
     return web.json_response(body, status=200 if prefill and decode else 503)
 

@@ -26,6 +26,20 @@ class GatewayMetrics:
         self.generation_tokens = Counter("duet:generation_tokens", "Generated tokens", registry=r)
         self.retries = Counter("duet:retries", "Retried attempts", ["reason"], registry=r)
         self.migrations = Counter("duet:migrations", "Streams moved mid-generation", registry=r)
+        self.prefix_lookup = Histogram(
+            "duet:prefix_lookup_seconds",
+            "Prefix index lookup time (one Redis round trip per model)",
+            registry=r,
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+        )
+        self.prefix_lookup_failures = Counter(
+            "duet:prefix_lookup_failures", "Prefix lookups that fell back to no hits", registry=r
+        )
+        self.prefix_routed_tokens = Counter(
+            "duet:prefix_routed_cached_tokens",
+            "Prompt tokens the chosen prefill worker had cached (per the index)",
+            registry=r,
+        )
         self.pool_workers = pool("duet:pool_workers", "Healthy workers")
         self.pool_queued_tokens = pool("duet:pool_queued_tokens", "Queued prompt tokens")
         self.pool_running_requests = pool("duet:pool_running_requests", "Running requests")

@@ -19,6 +19,7 @@ import grpc
 
 from control_plane.metrics import GatewayMetrics
 from control_plane.pd_client import StageError, WorkerPair, generate
+from control_plane.prefix_routing import PrefixRouting
 from control_plane.registry import Registry, WorkerEntry
 from control_plane.router import NoRoom, NoWorker, Router
 from duet.v1 import worker_pb2 as pb
@@ -83,20 +84,35 @@ class Orchestrator:
         max_attempts: int = 6,
         lease_s: float = 30.0,
         local_prefill_max_tokens: int = 0,
+        prefix: PrefixRouting | None = None,
     ) -> None:
-        self.registry, self.metrics = registry, metrics
+        self.registry, self.metrics, self.prefix = registry, metrics, prefix
         self.router = Router(registry, local_prefill_max_tokens=local_prefill_max_tokens)
         self.channels = Channels()
         self.max_attempts, self.lease_s = max_attempts, lease_s
 
-    async def _pick(self, tokens: int, exclude: list[str], deadline: float) -> _Attempt:
+    async def _cached_prefixes(self, prompt_ids: list[int]) -> dict[str, int]:
+        """Prompt tokens each prefill worker holds in cache (empty without an index, for a
+        prompt prefilled locally, or when Redis fails: then every worker is a miss)."""
+        if self.prefix is None or self.router.prefill_locally(len(prompt_ids)):
+            return {}
+        workers = self.registry.healthy("prefill")
+        cached, seconds = await self.prefix.lookup(prompt_ids, workers)
+        self.metrics.prefix_lookup.observe(seconds)
+        if not self.prefix.healthy:
+            self.metrics.prefix_lookup_failures.inc()
+        return cached
+
+    async def _pick(
+        self, tokens: int, exclude: list[str], deadline: float, cached: dict[str, int]
+    ) -> _Attempt:
         """Wait for a pair: while pools are full the request queues here until its deadline
         (overload: RESOURCE_EXHAUSTED); with no healthy worker of a role it gives up after
         NO_WORKER_GRACE_S (UNAVAILABLE)."""
         no_worker_until = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
         while True:
             try:
-                p, d = self.router.pick(tokens, exclude)
+                p, d = self.router.pick(tokens, exclude, cached)
             except NoRoom as exc:
                 no_worker_until = min(deadline, time.monotonic() + NO_WORKER_GRACE_S)
                 if time.monotonic() + NO_WORKER_WAIT_S > deadline:
@@ -111,6 +127,7 @@ class Orchestrator:
                 continue
             if p is not None:
                 self.registry.assign(p, tokens)
+                self.metrics.prefix_routed_tokens.inc(cached.get(p.worker_id, 0))
             self.registry.assign(d, 1)
             return _Attempt(p, d, tokens)
 
@@ -126,8 +143,11 @@ class Orchestrator:
         tokens: list[int] = []
         exclude: list[str] = []
         last = RequestFailed(grpc.StatusCode.UNAVAILABLE, "no attempt made")
+        # One lookup per request: a retry or a migration (prompt + tokens so far) still
+        # shares the prompt's cached prefix.
+        cached = await self._cached_prefixes(task.prompt_ids)
         for attempt in range(self.max_attempts):
-            a = await self._pick(len(task.prompt_ids) + len(tokens), exclude, deadline)
+            a = await self._pick(len(task.prompt_ids) + len(tokens), exclude, deadline, cached)
             if attempt == 0:
                 self.metrics.queue.observe(time.monotonic() - start)
             params = replace(

@@ -39,6 +39,9 @@ class WorkerPair:
         return WorkerPair(pb_grpc.PrefillWorkerStub(p), pb_grpc.DecodeWorkerStub(d)), [p, d]
 
 
+FINAL_REPLY_WAIT_S = 2.0  # how long the last token waits for the prefill reply's numbers
+
+
 def _blame_stream(err: grpc.aio.AioRpcError) -> StageError:
     """A stream error from the decode worker: a failed transfer is the prefill side's fault."""
     details = err.details() or ""
@@ -87,8 +90,12 @@ async def generate(
         prefill_task = asyncio.ensure_future(pair.prefill.Prefill(prefill, timeout=left()))
         prefill_task.add_done_callback(lambda t: stream.cancel() if _failed(t) else None)
     finished = False
+    cached = _CachedTokens(prefill_task)
     try:
         async for event in _events(stream, prefill_task):
+            if event.finish_reason:  # the caches arrived whole, so the reply is (nearly) here
+                await cached.wait(min(left(), FINAL_REPLY_WAIT_S))
+            cached.stamp(event)
             yield event
             finished = bool(event.finish_reason)
         if not finished:
@@ -103,6 +110,28 @@ async def generate(
             if prefill_task is not None:
                 prefill_task.cancel()
             await abort_both(pair, request_id)
+
+
+class _CachedTokens:
+    """Stamps `cached_tokens` (prompt minus computed tokens, from the prefill reply) on the
+    first event after that reply arrived; the final event waits for it."""
+
+    def __init__(self, prefill_task: asyncio.Future[object] | None) -> None:
+        self.task, self.sent = prefill_task, prefill_task is None
+
+    async def wait(self, timeout_s: float) -> None:
+        if self.task is not None and not self.task.done():
+            with contextlib.suppress(grpc.aio.AioRpcError, TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(self.task), timeout=timeout_s)
+
+    def stamp(self, event: pb.TokenEvent) -> None:
+        if self.sent or self.task is None or not self.task.done() or _failed(self.task):
+            return
+        if self.task.cancelled():
+            return
+        reply = self.task.result()
+        event.cached_tokens = reply.prompt_tokens - reply.computed_tokens  # type: ignore[attr-defined]
+        self.sent = True
 
 
 def _failed(task: asyncio.Future[object]) -> bool:

@@ -4,7 +4,7 @@ scores candidates (lower is better) and the router breaks ties by power of two c
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from control_plane.registry import Registry, WorkerEntry
@@ -21,7 +21,8 @@ class NoRoom(NoWorker):
 
 
 def prefill_cost(w: WorkerEntry, prompt_tokens: int) -> float:
-    """Tokens this worker would still have to compute before this prompt is done."""
+    """Tokens this worker would still have to compute before this prompt is done
+    (`prompt_tokens`: what is left of the prompt after the worker's cached prefix)."""
     return float(w.load.queued_tokens + w.inflight_tokens + prompt_tokens)
 
 
@@ -47,9 +48,18 @@ class Router:
     # worker (no transfer); 0 = always disaggregate.
     local_prefill_max_tokens: int = 0
 
-    def _pick(self, role: str, score: Score, tokens: int, exclude: Sequence[str]) -> WorkerEntry:
+    def _pick(
+        self,
+        role: str,
+        score: Score,
+        tokens: int,
+        exclude: Sequence[str],
+        cached: Mapping[str, int] | None = None,
+    ) -> WorkerEntry:
+        """`cached`: worker id -> prompt tokens that worker loads from its prefix cache."""
+        cached = cached or {}
         candidates = [w for w in self.registry.healthy(role) if w.address not in exclude]
-        scored = [(score(w, tokens), w) for w in candidates]
+        scored = [(score(w, max(1, tokens - cached.get(w.worker_id, 0))), w) for w in candidates]
         if not scored:
             raise NoWorker(f"no healthy {role} worker")
         scored = [(s, w) for s, w in scored if s != float("inf")]
@@ -67,10 +77,16 @@ class Router:
         return prompt_tokens <= self.local_prefill_max_tokens
 
     def pick(
-        self, prompt_tokens: int, exclude: Sequence[str] = ()
+        self,
+        prompt_tokens: int,
+        exclude: Sequence[str] = (),
+        cached: Mapping[str, int] | None = None,
     ) -> tuple[WorkerEntry | None, WorkerEntry]:
-        """(prefill worker, decode worker); no prefill worker when the prompt prefills locally."""
+        """(prefill worker, decode worker); no prefill worker when the prompt prefills locally.
+        `cached` (prefix index lookup) lowers a prefill worker's cost by what it need not
+        compute."""
         d = self._pick("decode", self.decode_score, prompt_tokens, exclude)
         if self.prefill_locally(prompt_tokens):
             return None, d
-        return self._pick("prefill", self.prefill_score, prompt_tokens, exclude), d
+        p = self._pick("prefill", self.prefill_score, prompt_tokens, exclude, cached)
+        return p, d

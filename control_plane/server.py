@@ -21,6 +21,7 @@ from control_plane.http_generate import Admission
 from control_plane.metrics import GatewayMetrics
 from control_plane.openai_api import ServedModel
 from control_plane.orchestrator import Orchestrator
+from control_plane.prefix_routing import PrefixRouting, RedisSettings
 from control_plane.registry import Registry
 from control_plane.registry_service import RegistryService
 from duet.v1 import control_pb2_grpc as cpb_grpc
@@ -42,7 +43,9 @@ class ControlPlaneConfig:
     request_timeout_s: float = 300.0
     heartbeat_interval_s: float = 0.5
     worker_expiry_s: float = 3.0
-    redis_url: str | None = None  # the prefix-cache index (not used by routing yet)
+    redis_url: str | None = None  # the prefix-cache index; None = routing ignores caches
+    redis_password: str | None = None
+    redis_cluster: bool = False
     max_inflight: int = 1024  # requests in flight before the gateway answers 429
     local_prefill_max_tokens: int = 0  # conditional disaggregation threshold, 0 = off
 
@@ -59,9 +62,23 @@ class ControlPlane:
         self.admission = Admission(cfg.max_inflight)
         self.registry = Registry(cfg.worker_expiry_s, cfg.heartbeat_interval_s)
         self.metrics = GatewayMetrics()
-        self.orchestrator = Orchestrator(
-            self.registry, self.metrics, local_prefill_max_tokens=cfg.local_prefill_max_tokens
+        self.prefix = (
+            PrefixRouting(RedisSettings(cfg.redis_url, cfg.redis_password, cfg.redis_cluster))
+            if cfg.redis_url
+            else None
         )
+        self.orchestrator = Orchestrator(
+            self.registry,
+            self.metrics,
+            local_prefill_max_tokens=cfg.local_prefill_max_tokens,
+            prefix=self.prefix,
+        )
+
+    def prefix_cache_state(self) -> str:
+        """What /health reports: off (no index), ok, or degraded (Redis failing somewhere)."""
+        if self.prefix is None:
+            return "off"
+        return self.prefix.state(self.registry.healthy("prefill"))
 
     def refresh_pool_gauges(self) -> None:
         m = self.metrics
@@ -116,6 +133,7 @@ class ControlPlane:
         ready = {"event": "ready", "role": "control-plane", "host": self.cfg.host}
         print(json.dumps({**ready, "http_port": http_port, "grpc_port": grpc_port}), flush=True)
         stop = asyncio.Event()
+        prober = asyncio.create_task(self.prefix.probe_forever()) if self.prefix else None
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -123,3 +141,6 @@ class ControlPlane:
         await http_runner.cleanup()
         await grpc_server.stop(2.0)
         await self.orchestrator.channels.close()
+        if prober is not None:
+            prober.cancel()
+            self.prefix.close()  # type: ignore[union-attr]

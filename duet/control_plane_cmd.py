@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+from engine.prefix_config import add_redis_args
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -61,11 +63,7 @@ def _add_api_args(p: argparse.ArgumentParser) -> None:
         default=[],
         help="require this API key (repeatable; env DUET_API_KEYS, comma-separated)",
     )
-    p.add_argument(
-        "--redis-url",
-        default=env("DUET_REDIS_URL"),
-        help="prefix-cache index (accepted; prefix-aware routing is not built yet)",
-    )
+    add_redis_args(p)  # --redis-url on: route each prompt to the prefill worker with its prefix
 
 
 def _add_serving_args(p: argparse.ArgumentParser) -> None:
@@ -115,6 +113,8 @@ def run(args: argparse.Namespace) -> int:
             request_timeout_s=args.request_timeout_s,
             worker_expiry_s=args.worker_expiry_s,
             redis_url=args.redis_url,
+            redis_password=args.redis_password,
+            redis_cluster=args.redis_cluster,
             max_inflight=args.max_inflight,
             local_prefill_max_tokens=args.local_prefill_max_tokens,
         )

@@ -18,6 +18,7 @@ class TokenEvent:
     logprob: float | None = None
     top_logprobs: tuple[tuple[int, float], ...] = ()
     finish_reason: str | None = None
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache, once known
 
     def __post_init__(self) -> None:
         if self.finish_reason is not None and self.finish_reason not in FINISH_REASONS:
@@ -34,4 +35,10 @@ def from_worker_event(event: Any) -> TokenEvent:
     """From a duet.v1 TokenEvent (token_id, logprob, top_logprobs, finish_reason "" or a
     reason). A "preempted" event must be handled (migrated) before it gets here."""
     top = tuple((int(e.token_id), float(e.logprob)) for e in event.top_logprobs)
-    return TokenEvent(int(event.token_id), float(event.logprob), top, event.finish_reason or None)
+    return TokenEvent(
+        int(event.token_id),
+        float(event.logprob),
+        top,
+        event.finish_reason or None,
+        int(getattr(event, "cached_tokens", 0)),
+    )

@@ -50,6 +50,7 @@ class OutputPipeline:
         self._matcher_stopped = False
         self._text_chars = 0  # characters the detokenizer has produced
         self.completion_tokens = 0
+        self.cached_tokens = 0  # prompt tokens the prefix cache served (usage details)
         self.tool_call_count = 0
         self.finish_reason: str | None = None
 
@@ -86,6 +87,7 @@ class OutputPipeline:
         if self.finished:
             raise ValueError("token event after the response finished")
         self.completion_tokens += 1
+        self.cached_tokens = max(self.cached_tokens, event.cached_tokens)
         records = self._record(event)
         text = self._detok.add(event.token_id)
         self._text_chars += len(text)

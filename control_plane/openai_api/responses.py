@@ -71,11 +71,14 @@ class ResponseIdentity:
         return head
 
 
-def usage_json(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_json(
+    prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0
+) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
     }
 
 
@@ -122,8 +125,9 @@ class ResponseAssembler:
     def finish(self, engine_reason: str) -> None:
         self._take(self.pipeline.finish(engine_reason))
 
-    def usage(self) -> dict[str, int]:
-        return usage_json(self.spec.prompt_tokens, self.pipeline.completion_tokens)
+    def usage(self) -> dict[str, Any]:
+        p = self.pipeline
+        return usage_json(self.spec.prompt_tokens, p.completion_tokens, p.cached_tokens)
 
     def _logprobs_json(self) -> dict[str, Any] | None:
         if self.spec.logprobs is None:

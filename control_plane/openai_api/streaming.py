@@ -151,5 +151,6 @@ class StreamAssembler:
 
     def _usage_chunk(self) -> dict[str, Any]:
         chunk = self._wrap([])
-        chunk["usage"] = usage_json(self.spec.prompt_tokens, self.pipeline.completion_tokens)
+        p = self.pipeline
+        chunk["usage"] = usage_json(self.spec.prompt_tokens, p.completion_tokens, p.cached_tokens)
         return chunk

@@ -76,7 +76,12 @@ def test_chat_completion_object(tok: Tokenizer) -> None:
                 "finish_reason": "stop",
             }
         ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9},
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 6,
+            "total_tokens": 9,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
 
 
@@ -109,7 +114,12 @@ def test_text_completion_object_with_logprobs(tok: Tokenizer) -> None:
                 "finish_reason": "length",
             }
         ],
-        "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6},
+        "usage": {
+            "prompt_tokens": 3,
+            "completion_tokens": 3,
+            "total_tokens": 6,
+            "prompt_tokens_details": {"cached_tokens": 0},
+        },
     }
 
 

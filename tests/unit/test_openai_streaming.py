@@ -100,7 +100,12 @@ def test_chat_chunks_with_usage(tok: Tokenizer) -> None:
         {
             **HEAD,
             "choices": [],
-            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            "usage": {
+                "prompt_tokens": 3,
+                "completion_tokens": 2,
+                "total_tokens": 5,
+                "prompt_tokens_details": {"cached_tokens": 0},
+            },
         },
     ]
 
@@ -121,7 +126,8 @@ def test_completion_chunks_with_logprobs(tok: Tokenizer) -> None:
         chunk("", {"tokens": ["<|role_end|>"], "token_logprobs": [-2.5],
                    "top_logprobs": [{"<|role_end|>": -2.5}], "text_offset": [2]}, "stop"),
         {**CMPL_HEAD, "choices": [],
-         "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6}},
+         "usage": {"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+                   "prompt_tokens_details": {"cached_tokens": 0}}},
     ]  # fmt: skip
 
 

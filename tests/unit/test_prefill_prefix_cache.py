@@ -84,7 +84,7 @@ def test_hits_at_every_block_boundary_send_the_same_caches(
     first = cached.run("long", LONG)
     assert first.computed_tokens == len(LONG)
     prompts = {
-        f"cut{k}": [*LONG[:k * BS], 11 + k, 22, 33, 44 + k, 55] for k in range(1, BLOCKS + 1)
+        f"cut{k}": [*LONG[: k * BS], 11 + k, 22, 33, 44 + k, 55] for k in range(1, BLOCKS + 1)
     }
     prompts["exact"] = LONG[: 2 * BS]  # ends on a boundary: its last block is recomputed
     expected_hit = {**{f"cut{k}": k * BS for k in range(1, BLOCKS + 1)}, "exact": BS}

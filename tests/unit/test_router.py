@@ -71,3 +71,25 @@ def test_draining_and_silent_workers_leave_the_rotation() -> None:
     assert r.heartbeat("p-busy", _load(), draining=False)  # it speaks again: back in
     assert Router(r).pick(10)[0] is not None
     assert not r.heartbeat("unknown", _load(), draining=False)  # register again
+
+
+def _prefill_pool(queued: dict[str, int]) -> Registry:
+    r = Registry(expiry_s=60)
+    for i, (worker, q) in enumerate(queued.items()):
+        r.register(worker, "prefill", f"p{i}:1", _load(queued=q))
+    r.register("d", "decode", "d:1", _load(free_slots=6))
+    return r
+
+
+def test_a_cached_prefix_wins_over_an_idle_worker_without_it() -> None:
+    router = Router(_prefill_pool({"holder": 200, "idle": 0, "other": 0}))
+    for _ in range(20):  # 200 queued + 50 to compute beats 1000 to compute, every time
+        p, _ = router.pick(1000, cached={"holder": 950})
+        assert p is not None and p.worker_id == "holder"
+
+
+def test_a_long_queue_outweighs_a_cached_prefix() -> None:
+    router = Router(_prefill_pool({"holder": 50_000, "idle": 0}))
+    for _ in range(20):
+        p, _ = router.pick(1000, cached={"holder": 950})
+        assert p is not None and p.worker_id == "idle"

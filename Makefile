@@ -64,6 +64,7 @@ bench: setup
 	$(PY) -m bench.cpu_engine
 	$(PY) -m bench.transfer_tcp
 	$(PY) -m bench.gateway_cost
+	$(PY) -m bench.prefix_cache
 
 bench-gpu: setup
 	$(PY) -m bench.gpu_kernels

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
 import pytest
 from chart_render import RELEASE, Manifest, Renderer, env_of, find, of_kind, profile_values
+
+from engine.prefix_config import add_prefix_args, prefix_config_from_args
 
 
 def _pod(docs: list[Manifest], component: str) -> Manifest:
@@ -203,3 +206,33 @@ def test_workers_admit_only_the_gateway_and_each_other(render: Renderer) -> None
         "control-plane", "decode", "prefill",
     ]  # fmt: skip
     assert from_metrics["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+
+
+def test_prefill_pods_get_the_prefix_cache_settings_and_decode_pods_do_not(
+    render: Renderer,
+) -> None:
+    docs = render({"prefixCache": {"snapshots": "every:8", "l1Mb": 8192, "l3": True}})
+    prefill, decode = env_of(_container(docs, "prefill")), env_of(_container(docs, "decode"))
+    assert prefill["DUET_PREFIX_CACHE"]["value"] == "on"
+    assert prefill["DUET_PREFIX_SNAPSHOTS"]["value"] == "every:8"
+    assert prefill["DUET_PREFIX_L1_MB"]["value"] == "8192"
+    assert prefill["DUET_PREFIX_L3"]["value"] == "on"
+    assert prefill["DUET_PREFIX_BLOCK_SIZE"]["value"] == "64"
+    assert not [name for name in decode if name.startswith("DUET_PREFIX_")]
+    off = env_of(_container(render({"prefixCache": {"enabled": False}}), "prefill"))
+    assert off["DUET_PREFIX_CACHE"]["value"] == "off"
+
+
+def test_the_worker_accepts_the_rendered_prefix_settings(
+    render: Renderer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The env the chart renders parses into the worker's config (same names, same forms)."""
+    env = env_of(_container(render(profile_values("h20")), "prefill"))
+    values = {k: v["value"] for k, v in env.items() if k.startswith("DUET_PREFIX_")}
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    parser = argparse.ArgumentParser()
+    add_prefix_args(parser)
+    cfg = prefix_config_from_args(parser.parse_args([]))
+    assert cfg.enabled and cfg.snapshots == values["DUET_PREFIX_SNAPSHOTS"] == "every:8"
+    assert cfg.l1_mb == int(values["DUET_PREFIX_L1_MB"])

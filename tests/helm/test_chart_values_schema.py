@@ -47,6 +47,10 @@ SCHEMA_REJECTS = [
     ({"controlPlane": {"httpPort": 70000}}, "at '/controlPlane/httpPort': maximum: got 70,000"),
     ({"prefill": {"replica": 2}}, "at '/prefill': additional properties 'replica' not allowed"),
     ({"autoscaler": {"intervalSeconds": 0}}, "at '/autoscaler/intervalSeconds'"),
+    ({"prefixCache": {"blockSize": 100}}, "at '/prefixCache/blockSize'"),
+    ({"prefixCache": {"snapshots": "often"}}, "at '/prefixCache/snapshots'"),
+    ({"prefixCache": {"l1Mb": -1}}, "at '/prefixCache/l1Mb'"),
+    ({"prefixCache": {"l3": "yes"}}, "at '/prefixCache/l3'"),
 ]
 
 

@@ -56,6 +56,26 @@ app.kubernetes.io/part-of: duet
 {{- end }}
 {{- end }}
 
+{{- define "duet.prefixCacheEnv" -}}
+{{- $c := .Values.prefixCache }}
+- name: DUET_PREFIX_CACHE
+  value: {{ ternary "on" "off" $c.enabled | quote }}
+- name: DUET_PREFIX_BLOCK_SIZE
+  value: {{ $c.blockSize | quote }}
+- name: DUET_PREFIX_SNAPSHOTS
+  value: {{ $c.snapshots | quote }}
+- name: DUET_PREFIX_L1_MB
+  value: {{ $c.l1Mb | quote }}
+- name: DUET_PREFIX_L2_MB
+  value: {{ $c.l2Mb | quote }}
+- name: DUET_PREFIX_L3
+  value: {{ ternary "on" "off" $c.l3 | quote }}
+- name: DUET_PREFIX_L3_TTL_S
+  value: {{ $c.l3TtlS | quote }}
+- name: DUET_PREFIX_INDEX_TTL_S
+  value: {{ $c.indexTtlS | quote }}
+{{- end }}
+
 {{- define "duet.apiKeysEnv" -}}
 {{- if include "duet.hasApiKeys" . }}
 - name: DUET_API_KEYS

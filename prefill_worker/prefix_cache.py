@@ -111,7 +111,7 @@ class WorkerPrefixCache:
     def lookup(self, prompt_ids: Sequence[int]) -> PrefixLookupResult:
         hashes = block_hashes(prompt_ids, self.block_size, self.fingerprint)
         usable = (len(prompt_ids) - 1) // self.block_size
-        handle = self.store.acquire(hashes[:usable]) if usable else None
+        handle = self.store.acquire(hashes[:usable])  # counted even when nothing can hit
         return PrefixLookupResult(hashes, handle)
 
     def snapshot_at(self, num_tokens: int, cached_tokens: int) -> tuple[int, ...]:

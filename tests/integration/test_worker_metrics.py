@@ -53,6 +53,10 @@ def test_workers_export_load_and_transfer_metrics(tiny_model_dir: Path) -> None:
         assert sent["duet:transfer_bytes_total"] == received["duet:transfer_bytes_total"] > 0
         assert sent["duet:worker_tokens_total"] == 40 and received["duet:worker_tokens_total"] >= 4
         assert received['duet:worker_free_pages{role="decode"}'] == 40
+        assert sent["duet:prefix_cache_lookups_total"] == 1  # 40 tokens: no full block to hit
+        assert sent["duet:prefix_cache_computed_tokens_total"] == 40
+        assert sent["duet:prefix_cache_pinned_blocks"] == 0
+        assert not [name for name in received if name.startswith("duet:prefix_cache")]
     finally:
         p.stop()
         d.stop()

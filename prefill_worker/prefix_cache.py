@@ -22,12 +22,13 @@ from control_plane.prefix_index import PrefixIndex
 from control_plane.prefix_index_publisher import IndexPublisher
 from engine.cache.block_hash import block_hashes, model_fingerprint
 from engine.cache.prefix_store import PrefixHandle, PrefixStore, PrefixStoreConfig
-from engine.cache.prefix_tier import RedisBlockTier
+from engine.cache.prefix_tier import BackgroundBlockTier, RedisBlockTier
 from engine.cache.prefix_types import BlockEvent
 from engine.prefix_config import MIB, PrefixCacheConfig
 
 log = logging.getLogger(__name__)
 PUBLISH_INTERVAL_S = 0.2
+L3_TIMEOUT_S = 1.0  # one read or write of a block (Ling-2.6-flash: 56 MiB) in Redis
 
 
 @dataclass(frozen=True)
@@ -77,11 +78,18 @@ class WorkerPrefixCache:
             **self._redis_kwargs(),  # type: ignore[arg-type]
         )
 
-    def _make_l3(self) -> RedisBlockTier:
+    def _make_l3(self) -> BackgroundBlockTier:
+        """Redis as L3, written in the background (a slow Redis never stalls a prefill step);
+        reads stay synchronous with a short timeout, and the guard skips a failing Redis."""
         assert self.cfg.redis_url is not None
-        return RedisBlockTier(
-            self.cfg.redis_url, self.fingerprint, ttl_s=self.cfg.l3_ttl_s, **self._redis_kwargs()
-        )  # type: ignore[arg-type]
+        redis_tier = RedisBlockTier(
+            self.cfg.redis_url,
+            self.fingerprint,
+            ttl_s=self.cfg.l3_ttl_s,
+            timeout_s=L3_TIMEOUT_S,
+            **self._redis_kwargs(),  # type: ignore[arg-type]
+        )
+        return BackgroundBlockTier(redis_tier)
 
     # Index publishing -------------------------------------------------------------------------
     def _record(self, event: BlockEvent) -> None:

@@ -1,8 +1,9 @@
 """The optional L3 tier of the prefix store: opaque bytes by block hash, shared by workers.
 
 `BlockTier` is the protocol; `RedisBlockTier` keeps each block under
-`duet:{<fingerprint>}:blk:<hash>` (hash-tagged, so every key of a model sits in one Redis
-Cluster slot) with a TTL that each read refreshes. Any Redis error is a miss or a dropped
+`duet:<fingerprint>:blk:<hash>` (not hash-tagged: blocks are large and accessed one key at
+a time, so in a Redis Cluster they spread over the nodes; the index keys are the ones that
+share a slot) with a TTL that each read refreshes. Any Redis error is a miss or a dropped
 write, never an exception.
 """
 
@@ -28,7 +29,7 @@ class BlockTier(Protocol):
 
 
 def block_key(fingerprint: str, block_hash: str) -> str:
-    return f"duet:{{{fingerprint}}}:blk:{block_hash}"
+    return f"duet:{fingerprint}:blk:{block_hash}"
 
 
 class RedisBlockTier:

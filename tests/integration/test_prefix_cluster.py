@@ -32,9 +32,15 @@ WORKER_ARGS = ("--prefix-snapshots", "every", "--prefill-chunk", "96")
 
 
 @contextmanager
-def _cluster(model_dir: Path, redis_url: str | None) -> Iterator[Cluster]:
+def _cluster(model_dir: Path, redis_url: str | None, prefill: int = 2) -> Iterator[Cluster]:
     spec = ClusterSpec(
-        model_dir, 2, 1, http_port=0, grpc_port=0, redis_url=redis_url, worker_args=WORKER_ARGS
+        model_dir,
+        prefill,
+        1,
+        http_port=0,
+        grpc_port=0,
+        redis_url=redis_url,
+        worker_args=WORKER_ARGS,
     )
     cluster = Cluster(spec)
     cluster.start()
@@ -171,7 +177,8 @@ def test_redis_outage_mid_load_fails_nothing_and_hits_resume(tiny_model_dir: Pat
 def test_a_second_chat_turn_reports_its_cached_prompt_tokens(tiny_model_dir: Path) -> None:
     system = {"role": "system", "content": "You answer briefly and politely. " * 24}
     turn1 = [system, {"role": "user", "content": "Name a colour."}]
-    with _cluster(tiny_model_dir, None) as cluster:
+    # One prefill worker: the turns meet its cache whatever the index has published so far.
+    with _cluster(tiny_model_dir, None, prefill=1) as cluster:
         first = _chat(cluster, turn1)
         assert first["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
         answer = first["choices"][0]["message"]["content"]

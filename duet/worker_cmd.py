@@ -31,20 +31,30 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run, role=role)
 
 
-def _check_unsupported_env() -> None:
-    """Settings the engine cannot honour yet fail the start instead of being ignored."""
+def _check_unsupported_env(model_dir) -> None:  # type: ignore[no-untyped-def]
+    """Settings the engine cannot honour fail the start instead of being ignored; the declared
+    quantization must be what the checkpoint holds (FP8 weights are dequantized at load)."""
+    from engine.config import load_config
+
     tp = os.environ.get("DUET_TENSOR_PARALLEL_SIZE", "1") or "1"
     if tp != "1":
         raise ValueError(f"DUET_TENSOR_PARALLEL_SIZE={tp}: tensor parallelism is not supported yet")
     quant = os.environ.get("DUET_QUANTIZATION", "none") or "none"
-    if quant != "none":
-        raise ValueError(f"DUET_QUANTIZATION={quant}: quantized weights are not supported yet")
+    if quant not in ("none", "fp8"):
+        raise ValueError(f"DUET_QUANTIZATION={quant}: supported values are none and fp8")
+    declared = load_config(model_dir).raw.get("quantization_config")
+    holds = "fp8" if declared else "none"
+    if quant != holds:
+        raise ValueError(
+            f"DUET_QUANTIZATION={quant}, but {model_dir}/config.json declares "
+            f"{'an fp8' if declared else 'no'} quantization_config"
+        )
 
 
 def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
     from engine.model.ling import LingModel
 
-    _check_unsupported_env()
+    _check_unsupported_env(cfg.model_dir)
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")

@@ -12,6 +12,7 @@ from engine.config import (
     ModelConfig,
     RopeScaling,
 )
+from engine.model.fp8 import Fp8Error, Fp8Scheme
 
 _INT_FIELDS = (
     "vocab_size",
@@ -80,11 +81,10 @@ def _check_identity(r: _Reader) -> None:
     archs = r.raw.get("architectures") or list(SUPPORTED_ARCHITECTURES)
     if not any(a in SUPPORTED_ARCHITECTURES for a in archs):
         raise r.fail("architectures", f"is {archs!r}; duet runs {list(SUPPORTED_ARCHITECTURES)}")
-    if r.raw.get("quantization_config") is not None:
-        method = r.raw["quantization_config"].get("quant_method")
-        raise r.fail(
-            "quantization_config", f"uses {method!r}; quantized checkpoints are not supported yet"
-        )
+    try:
+        Fp8Scheme.from_config(r.raw)  # fp8 checkpoints are dequantized at load
+    except Fp8Error as exc:
+        raise r.fail("quantization_config", str(exc).removeprefix("quantization_config ")) from exc
     r.expect("score_function", ("sigmoid",), "sigmoid")
     r.expect("rope_interleave", (True,), True)
     r.expect("use_qkv_bias", (False,), False)

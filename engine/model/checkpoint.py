@@ -11,6 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from engine.config import ModelConfig
+from engine.model.fp8 import FP8_DTYPES, Fp8Error, Fp8Scheme, dequantize, scale_target
 from engine.model.tensor_names import alias_name, expected_tensor_shapes, is_ignored
 
 INDEX_FILE = "model.safetensors.index.json"
@@ -65,16 +66,44 @@ def _describe_problems(
     return problems
 
 
+def _scan(
+    model_dir: Path,
+) -> tuple[dict[Path, list[tuple[str, str]]], dict[str, tuple[Path, str]]]:
+    """(file -> [(weight name, key)], weight name -> (file, key) of its FP8 scale)."""
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    scales: dict[str, tuple[Path, str]] = {}
+    for name, path, key in iter_tensors(model_dir):
+        target = scale_target(name)
+        if target is not None:
+            scales[target] = (path, key)
+        elif not is_ignored(name):
+            by_file.setdefault(path, []).append((name, key))
+    return by_file, scales
+
+
+def _read_scales(scales: dict[str, tuple[Path, str]]) -> dict[str, torch.Tensor]:
+    by_file: dict[Path, list[tuple[str, str]]] = {}
+    for weight, (path, key) in scales.items():
+        by_file.setdefault(path, []).append((weight, key))
+    out = {}
+    for path, entries in by_file.items():
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            out |= {weight: f.get_tensor(key) for weight, key in entries}
+    return out
+
+
 def load_state_dict(
     model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: str | torch.device = "cpu"
 ) -> dict[str, torch.Tensor]:
-    """All checkpoint tensors converted to `dtype` (norms and router stay fp32), after checking
-    in one pass that names and shapes are exactly what the config implies. MTP is optional."""
+    """All checkpoint tensors converted to `dtype` (norms and router stay fp32; FP8 weights are
+    dequantized with their scales), after checking in one pass that names and shapes are
+    exactly what the config implies. MTP is optional."""
     model_dir = Path(model_dir)
-    by_file: dict[Path, list[tuple[str, str]]] = {}
-    for name, path, key in iter_tensors(model_dir):
-        if not is_ignored(name):
-            by_file.setdefault(path, []).append((name, key))
+    try:
+        scheme = Fp8Scheme.from_config(cfg.raw)
+    except Fp8Error as exc:
+        raise CheckpointError(f"{model_dir}: {exc}") from exc
+    by_file, scale_keys = _scan(model_dir)
     shapes: dict[str, tuple[int, ...]] = {}
     for path, entries in by_file.items():
         with safe_open(str(path), framework="pt") as f:
@@ -82,20 +111,39 @@ def load_state_dict(
     has_mtp = any(n.startswith(f"model.layers.{cfg.num_hidden_layers}.") for n in shapes)
     expected = expected_tensor_shapes(cfg, include_mtp=cfg.has_mtp and has_mtp)
     problems = _describe_problems(shapes, expected)
+    problems += [f"unexpected: a scale for {w}, which is not loaded" for w in scale_keys
+                 if w not in shapes]  # fmt: skip
     if problems:
         listing = "\n  ".join(problems)
         raise CheckpointError(f"{model_dir}: checkpoint does not match config.json:\n  {listing}")
+    scales = _read_scales(scale_keys)
     tensors: dict[str, torch.Tensor] = {}
     for path, entries in by_file.items():
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name, key in entries:
-                t = f.get_tensor(key)
-                if t.dtype not in LOADABLE_DTYPES:
-                    raise CheckpointError(
-                        f"{name}: dtype {t.dtype} not supported (fp32, bf16, fp16)"
-                    )
+                t = _weight_values(name, f.get_tensor(key), scales.get(name), scheme)
                 tensors[name] = t.to(device=device, dtype=_storage_dtype(name, dtype))
     return tensors
+
+
+def _weight_values(
+    name: str, t: torch.Tensor, scale: torch.Tensor | None, scheme: Fp8Scheme | None
+) -> torch.Tensor:
+    """The tensor as stored, or dequantized when it is an FP8 weight."""
+    if t.dtype in FP8_DTYPES or scale is not None:
+        if scheme is None:
+            raise CheckpointError(
+                f"{name}: float8 weights, but config.json has no fp8 quantization_config"
+            )
+        if scale is None:
+            raise CheckpointError(f"{name}: float8 weight without a weight_scale tensor")
+        try:
+            return dequantize(name, t, scale, scheme.block)
+        except Fp8Error as exc:
+            raise CheckpointError(str(exc)) from exc
+    if t.dtype not in LOADABLE_DTYPES:
+        raise CheckpointError(f"{name}: dtype {t.dtype} not supported (fp32, bf16, fp16, fp8)")
+    return t
 
 
 def _storage_dtype(name: str, run_dtype: torch.dtype) -> torch.dtype:

@@ -110,3 +110,23 @@ def test_a_follow_up_turn_resumes_after_the_first_turn(pair: tuple[Harness, Harn
     plain.run("turn2", turn2)
     assert got.computed_tokens == len(turn2) - 3 * BS  # every:1 kept all three full blocks
     _assert_same(cached.tensors("turn2"), plain.tensors("turn2"))
+
+
+@pytest.mark.gpu
+def test_on_cuda_l1_lives_on_the_device_and_hits_match(tiny_model_dir: Path) -> None:
+    model = LingModel.from_pretrained(tiny_model_dir, torch.float32, "cuda")
+    cache = WorkerPrefixCache(PrefixCacheConfig(snapshots="every"), tiny_model_dir, "cuda")
+    cached, plain = Harness(tiny_model_dir, model, cache), Harness(tiny_model_dir, model, None)
+    try:
+        cached.run("long", LONG)
+        prompt = [*LONG[: 3 * BS], 9, 8, 7]
+        assert cached.run("hit", prompt).computed_tokens == 3
+        plain.run("hit", prompt)
+        _assert_same(cached.tensors("hit"), plain.tensors("hit"))
+        found = cache.lookup(prompt)
+        assert found.handle is not None and found.handle.latents.device.type == "cuda"
+        cache.finished(found, len(prompt))
+        assert cache.load()["l1_bytes"] > 0 and cache.load()["pinned_blocks"] == 0
+    finally:
+        cached.close()
+        plain.close()

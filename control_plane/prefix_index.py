@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from redis.commands.core import Script
@@ -110,7 +110,7 @@ class PrefixIndex:
     def key(self, block_hash: str) -> str:
         return index_key(self.fingerprint, block_hash)
 
-    def publish(self, worker_id: str, events: Iterable[BlockEvent]) -> bool:
+    def publish(self, worker_id: str, events: Iterable[BlockEvent], incarnation: str = "") -> bool:
         """Apply one batch of a worker's events in one pipeline (the last event per block and
         holder wins). False when the batch was dropped because Redis is unavailable."""
         if worker_id == SHARED_HOLDER:
@@ -128,7 +128,11 @@ class PrefixIndex:
                 if event.tier is None:
                     pipe.hdel(key, holder)
                 else:
-                    pipe.hset(key, holder, encode_holding(expires_ms, event.tier, event.snapshot))
+                    pipe.hset(
+                        key,
+                        holder,
+                        encode_holding(expires_ms, event.tier, event.snapshot, incarnation),
+                    )
                     pipe.pexpire(key, ttl_ms)
             pipe.execute()
             return True
@@ -143,7 +147,9 @@ class PrefixIndex:
                 self.stats.dropped_events += len(latest)
         return ok
 
-    def lookup(self, block_hashes: Sequence[str]) -> PrefixLookup:
+    def lookup(
+        self, block_hashes: Sequence[str], incarnations: Mapping[str, str] | None = None
+    ) -> PrefixLookup:
         """The longest cached chain per worker for a prompt's block hashes, in one round trip;
         `PrefixLookup(ok=False)` (no hits) when Redis is unavailable."""
         with self._stats_lock:
@@ -159,7 +165,7 @@ class PrefixIndex:
                 self.stats.failed_lookups += 1
                 return PrefixLookup(ok=False)
             self.stats.lookup_seconds += time.perf_counter() - start
-        return longest_chains([_holdings(flat) for flat in raw])
+        return longest_chains([_holdings(flat) for flat in raw], incarnations)
 
     def probe(self) -> bool:
         """Ping Redis (unless backing off); the result is also what `healthy` reports next."""

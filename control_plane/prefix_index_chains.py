@@ -1,9 +1,11 @@
 """The router's view of the prefix index: for a prompt's blocks, how many leading blocks each
 worker could load (from its own tiers, or from the shared L3 tier that every worker reads).
 
-A holder's value in the index is `<expires_at_ms>:<tier>:<s|->` ('s': that copy carries the
-Lightning snapshot at the block's end). A prefix resumes only after a block with a snapshot,
-so a chain counts up to its last block with one.
+A holder's value in the index is `<expires_at_ms>:<tier>:<s|->[:<incarnation>]` ('s': that
+copy carries the Lightning snapshot at the block's end; the incarnation names the worker
+process that published it, so a worker restarted under the same id is not credited with what
+its previous process held). A prefix resumes only after a block with a snapshot, so a chain
+counts up to its last block with one.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ SHARED_HOLDER = "@l3"  # the index field that stands for the shared L3 tier
 class Holding:
     tier: str
     snapshot: bool
+    incarnation: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,16 +44,18 @@ class PrefixLookup:
         return ranked[0] if ranked and ranked[0][1] > 0 else None
 
 
-def encode_holding(expires_at_ms: int, tier: str, snapshot: bool) -> str:
-    return f"{expires_at_ms}:{tier}:{'s' if snapshot else '-'}"
+def encode_holding(expires_at_ms: int, tier: str, snapshot: bool, incarnation: str = "") -> str:
+    value = f"{expires_at_ms}:{tier}:{'s' if snapshot else '-'}"
+    return f"{value}:{incarnation}" if incarnation else value
 
 
 def decode_holding(value: str) -> Holding | None:
     """The holding, or None for a value in an unknown format (ignored, never an error)."""
     parts = value.split(":")
-    if len(parts) != 3 or parts[2] not in ("s", "-"):
+    if len(parts) not in (3, 4) or parts[2] not in ("s", "-"):
         return None
-    return Holding(tier=parts[1], snapshot=parts[2] == "s")
+    incarnation = parts[3] if len(parts) == 4 else ""
+    return Holding(tier=parts[1], snapshot=parts[2] == "s", incarnation=incarnation)
 
 
 def _usable(available: Sequence[bool], snapshot: Sequence[bool]) -> int:
@@ -64,8 +69,27 @@ def _usable(available: Sequence[bool], snapshot: Sequence[bool]) -> int:
     return best
 
 
-def longest_chains(blocks: Sequence[Mapping[str, Holding]]) -> PrefixLookup:
-    """blocks[i]: holder -> holding for block i of the prompt (holder SHARED_HOLDER = L3)."""
+def _current(
+    blocks: Sequence[Mapping[str, Holding]], incarnations: Mapping[str, str]
+) -> list[dict[str, Holding]]:
+    """The holdings published by each worker's current process (others are dropped)."""
+    return [
+        {
+            w: h
+            for w, h in b.items()
+            if w == SHARED_HOLDER or w not in incarnations or h.incarnation == incarnations[w]
+        }
+        for b in blocks
+    ]
+
+
+def longest_chains(
+    blocks: Sequence[Mapping[str, Holding]], incarnations: Mapping[str, str] | None = None
+) -> PrefixLookup:
+    """blocks[i]: holder -> holding for block i of the prompt (holder SHARED_HOLDER = L3).
+    `incarnations`: worker id -> its current process; older processes' holdings are ignored."""
+    if incarnations:
+        blocks = _current(blocks, incarnations)
     shared_has = [SHARED_HOLDER in b for b in blocks]
     shared_snap = [b[SHARED_HOLDER].snapshot if SHARED_HOLDER in b else False for b in blocks]
     workers = sorted({w for b in blocks for w in b if w != SHARED_HOLDER})

@@ -28,8 +28,10 @@ class IndexPublisher:
         resident: Callable[[], list[BlockEvent]],
         refresh_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        incarnation: str = "",
     ) -> None:
         self.index, self.worker_id, self._resident = index, worker_id, resident
+        self.incarnation = incarnation  # this process: holdings of an earlier one are stale
         self.refresh_s = refresh_s if refresh_s is not None else index.ttl_s / 3
         self._clock = clock
         self._lock = threading.Lock()
@@ -55,7 +57,7 @@ class IndexPublisher:
             batch += self._resident()  # after the pending events: the current state wins
         if not batch:
             return True
-        ok = self.index.publish(self.worker_id, batch)
+        ok = self.index.publish(self.worker_id, batch, self.incarnation)
         if not ok:
             self._next_refresh = 0.0
             self._retain(batch)

@@ -61,17 +61,19 @@ class PrefixRouting:
     ) -> dict[str, int]:
         """worker_id -> prompt tokens that worker can load (absent: none). Blocking."""
         groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+        incarnations: dict[str, str] = {}
         for w in workers:
             pc = w.load.prefix_cache
             if pc.enabled and pc.fingerprint and pc.block_size > 0:
                 groups[(pc.fingerprint, pc.block_size)].append(w.worker_id)
+                incarnations[w.worker_id] = pc.incarnation
         out: dict[str, int] = {}
         for (fingerprint, block_size), ids in groups.items():
             usable = (len(prompt_ids) - 1) // block_size
             if usable <= 0:
                 continue
             hashes = block_hashes(prompt_ids[: usable * block_size], block_size, fingerprint)
-            found = self._index(fingerprint).lookup(hashes)
+            found = self._index(fingerprint).lookup(hashes, incarnations)
             for worker_id in ids:
                 blocks = found.blocks_for(worker_id)
                 if blocks:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ class WorkerPrefixCache:
         self.cfg, self.block_size = cfg, cfg.block_size
         self.policy = cfg.policy
         self.fingerprint = model_fingerprint(model_dir)
+        self.incarnation = uuid.uuid4().hex[:12]  # this process, in every index entry it writes
         self.index = self._make_index() if cfg.redis_url else None
         self.l3 = self._make_l3() if cfg.l3 else None
         self._events: list[BlockEvent] = []
@@ -101,7 +103,9 @@ class WorkerPrefixCache:
         """Publish this worker's blocks under `worker_id` (its registry id) from now on."""
         if self.index is None or self.publisher is not None:
             return
-        self.publisher = IndexPublisher(self.index, worker_id, self.store.resident)
+        self.publisher = IndexPublisher(
+            self.index, worker_id, self.store.resident, incarnation=self.incarnation
+        )
         self._thread = threading.Thread(
             target=self._publish_loop, name="duet-prefix-publish", daemon=True
         )
@@ -157,6 +161,7 @@ class WorkerPrefixCache:
         return {
             "enabled": True,
             "fingerprint": self.fingerprint,
+            "incarnation": self.incarnation,
             "block_size": self.block_size,
             "redis_healthy": self.redis_healthy,
             "lookups": stats.lookups,
@@ -183,7 +188,7 @@ class WorkerPrefixCache:
         if self.publisher is not None and self.index is not None:
             self.publisher.flush()
             gone = [BlockEvent(e.block_hash, None) for e in self.store.resident()]
-            self.index.publish(self.publisher.worker_id, gone)
+            self.index.publish(self.publisher.worker_id, gone, self.incarnation)
         for part in (self.index, self.l3):
             if part is not None:
                 part.close()

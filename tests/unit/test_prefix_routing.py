@@ -21,19 +21,23 @@ from tests.redis_server import RedisServer
 FP_A, FP_B = "aaaaaaaaaaaaaaaa", "bbbbbbbbbbbbbbbb"
 
 
-def _worker(registry: Registry, worker_id: str, fp: str, block_size: int, ok: bool = True) -> None:
+def _worker(
+    registry: Registry, worker_id: str, fp: str, block_size: int, ok: bool = True, inc: str = ""
+) -> None:
     cache = pb.PrefixCacheLoad(
-        enabled=True, fingerprint=fp, block_size=block_size, redis_healthy=ok
+        enabled=True, fingerprint=fp, block_size=block_size, redis_healthy=ok, incarnation=inc
     )
     registry.register(
         worker_id, "prefill", f"{worker_id}:1", pb.LoadResponse(role="prefill", prefix_cache=cache)
     )
 
 
-def _hold(url: str, fp: str, worker_id: str, tokens: list[int], block_size: int) -> None:
+def _hold(
+    url: str, fp: str, worker_id: str, tokens: list[int], block_size: int, inc: str = ""
+) -> None:
     index = PrefixIndex(url, fp)
     events = [BlockEvent(h, L1, True) for h in block_hashes(tokens, block_size, fp)]
-    assert index.publish(worker_id, events)
+    assert index.publish(worker_id, events, inc)
     index.close()
 
 
@@ -116,3 +120,21 @@ def test_a_worker_reporting_redis_trouble_makes_the_cache_degraded(redis_url: st
 def test_a_bad_url_fails_at_start() -> None:
     with pytest.raises(ValueError, match="scheme"):
         PrefixRouting(RedisSettings("http://localhost:6379"))
+
+
+def test_a_worker_restarted_under_the_same_id_is_not_credited_with_its_old_blocks(
+    redis_url: str,
+) -> None:
+    prompt = list(range(1, 30))
+    _hold(redis_url, FP_A, "a", prompt, 4, inc="first")  # published by the old process
+    routing = PrefixRouting(RedisSettings(redis_url))
+    try:
+        old, new = Registry(expiry_s=60), Registry(expiry_s=60)
+        _worker(old, "a", FP_A, 4, inc="first")
+        _worker(new, "a", FP_A, 4, inc="second")  # same id, new process, empty cache
+        assert routing.cached_tokens(prompt, _workers(old)) == {"a": 28}
+        assert routing.cached_tokens(prompt, _workers(new)) == {}
+        _hold(redis_url, FP_A, "a", prompt[:8], 4, inc="second")  # what the new one holds
+        assert routing.cached_tokens(prompt, _workers(new)) == {"a": 8}
+    finally:
+        routing.close()

@@ -73,7 +73,7 @@ class _Attempt:
 
     prefill: WorkerEntry | None  # None: the decode worker prefills locally
     decode: WorkerEntry
-    tokens: int
+    tokens: int  # prefill tokens booked on the prefill worker (cached prefix excluded)
 
 
 class Orchestrator:
@@ -125,11 +125,14 @@ class Orchestrator:
                 exclude.clear()  # a worker marked failed may have come back
                 await asyncio.sleep(NO_WORKER_WAIT_S)
                 continue
-            if p is not None:
-                self.registry.assign(p, tokens)
-                self.metrics.prefix_routed_tokens.inc(cached.get(p.worker_id, 0))
+            to_compute = tokens
+            if p is not None:  # the router books what the worker will compute, not the prefix
+                hit = min(cached.get(p.worker_id, 0), tokens - 1)
+                to_compute = tokens - hit
+                self.registry.assign(p, to_compute)
+                self.metrics.prefix_routed_tokens.inc(hit)
             self.registry.assign(d, 1)
-            return _Attempt(p, d, tokens)
+            return _Attempt(p, d, to_compute)
 
     def _done(self, a: _Attempt) -> None:
         if a.prefill is not None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from engine.config import ModelConfig
 from engine.model.fp8 import FP8_DTYPES, Fp8Error, Fp8Scheme, dequantize, scale_target
 from engine.model.tensor_names import alias_name, expected_tensor_shapes, is_ignored
 
+log = logging.getLogger(__name__)
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 LOADABLE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -118,11 +121,17 @@ def load_state_dict(
         raise CheckpointError(f"{model_dir}: checkpoint does not match config.json:\n  {listing}")
     scales = _read_scales(scale_keys)
     tensors: dict[str, torch.Tensor] = {}
-    for path, entries in by_file.items():
+    start, loaded_bytes = time.monotonic(), 0
+    for i, (path, entries) in enumerate(by_file.items(), 1):
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name, key in entries:
                 t = _weight_values(name, f.get_tensor(key), scales.get(name), scheme)
                 tensors[name] = t.to(device=device, dtype=_storage_dtype(name, dtype))
+                loaded_bytes += tensors[name].numel() * tensors[name].element_size()
+        log.info(
+            "loaded %s (%d/%d files, %.1f GiB so far, %.0f s)",
+            path.name, i, len(by_file), loaded_bytes / 2**30, time.monotonic() - start,
+        )  # fmt: skip
     return tensors
 
 

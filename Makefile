@@ -68,6 +68,7 @@ bench: setup
 
 bench-gpu: setup
 	$(PY) -m bench.gpu_kernels
+	$(PY) -m bench.gpu_transfer
 
 clean:
 	rm -rf $(VENV) .venv-mlx $(MODEL_DIR) .pytest_cache .ruff_cache duet/v1

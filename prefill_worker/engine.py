@@ -13,7 +13,6 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
 
 import torch
 
@@ -24,49 +23,11 @@ from engine.transfer.select import make_sender
 from engine.transfer_layout import HIDDEN, layer_tensor_name
 from engine.worker_config import WorkerConfig
 from engine.worker_metrics import WorkerMetrics
+from prefill_worker.jobs import CachedPrefix, Draining, PrefillJob, PrefillResult
 from prefill_worker.outbound import Outbound
 from prefill_worker.prefix_cache import PrefixLookupResult, WorkerPrefixCache
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PrefillResult:
-    prompt_tokens: int
-    computed_tokens: int
-    transfer_bytes: int
-    compute_s: float
-    transfer_s: float
-
-
-@dataclass(frozen=True)
-class CachedPrefix:
-    """A resume point for a prompt: the latents of its first n tokens ([mla_layers, n, W]) and
-    the Lightning state after them ([linear_layers, H, D, D] fp32), e.g. from the prefix cache."""
-
-    latents: torch.Tensor
-    state: torch.Tensor
-
-    @property
-    def num_tokens(self) -> int:
-        return int(self.latents.shape[1])
-
-
-@dataclass
-class PrefillJob:
-    request_id: str
-    prompt_ids: list[int]
-    destination: TransferDescriptor
-    deadline: float  # time.monotonic()
-    prefix: CachedPrefix | None = None
-    result: Future[PrefillResult] = field(default_factory=Future)
-    outbound: Outbound | None = None
-    aborted: bool = False
-    cached_tokens: int = 0  # prompt tokens not computed (explicit prefix or a cache hit)
-
-
-class Draining(RuntimeError):
-    """The worker is shutting down and takes no new work."""
 
 
 class PrefillEngine:

@@ -110,13 +110,24 @@ class PrefixIndex:
     def key(self, block_hash: str) -> str:
         return index_key(self.fingerprint, block_hash)
 
-    def publish(self, worker_id: str, events: Iterable[BlockEvent], incarnation: str = "") -> bool:
+    def alive_key(self, worker_id: str) -> str:
+        """The worker's sentinel: set by each full republish, gone when Redis was flushed."""
+        return f"duet:{{{self.fingerprint}}}:alive:{worker_id}"
+
+    def publish(
+        self,
+        worker_id: str,
+        events: Iterable[BlockEvent],
+        incarnation: str = "",
+        full: bool = False,
+    ) -> bool:
         """Apply one batch of a worker's events in one pipeline (the last event per block and
-        holder wins). False when the batch was dropped because Redis is unavailable."""
+        holder wins); a `full` republish also sets the worker's sentinel. False when the batch
+        was dropped because Redis is unavailable."""
         if worker_id == SHARED_HOLDER:
             raise ValueError(f"{SHARED_HOLDER!r} is reserved for the shared L3 tier")
         latest = {(e.block_hash, holder_for(worker_id, e.tier)): e for e in events}
-        if not latest:
+        if not latest and not full:
             return True
         expires_ms = int((self._clock() + self.ttl_s) * 1000)
         ttl_ms = int(self.ttl_s * 1000)
@@ -134,6 +145,8 @@ class PrefixIndex:
                         encode_holding(expires_ms, event.tier, event.snapshot, incarnation),
                     )
                     pipe.pexpire(key, ttl_ms)
+            if full:
+                pipe.set(self.alive_key(worker_id), incarnation or "-", px=ttl_ms)
             pipe.execute()
             return True
 
@@ -166,6 +179,11 @@ class PrefixIndex:
                 return PrefixLookup(ok=False)
             self.stats.lookup_seconds += time.perf_counter() - start
         return longest_chains([_holdings(flat) for flat in raw], incarnations)
+
+    def is_alive(self, worker_id: str) -> bool | None:
+        """Whether the worker's sentinel is there (None: Redis could not be asked)."""
+        found, ok = self.link.run(lambda c: bool(c.exists(self.alive_key(worker_id))), False)
+        return found if ok else None
 
     def probe(self) -> bool:
         """Ping Redis (unless backing off); the result is also what `healthy` reports next."""

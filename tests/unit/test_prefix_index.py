@@ -348,3 +348,21 @@ def test_an_eviction_during_an_outage_is_withdrawn_once_redis_answers(
     time.sleep(0.7)
     assert publisher.flush()
     assert index.lookup(first).chains == {} and index.lookup(second).chains == {"w1": 2}
+
+
+def test_a_flushed_redis_is_repopulated_within_a_second(server: RedisServer) -> None:
+    """FLUSHALL fails no call, so only the sentinel tells the publisher to republish."""
+    index = PrefixIndex(server.url, FP)
+    publisher = IndexPublisher(index, "w1", lambda: store.resident(), refresh_s=3600)
+    store = PrefixStore(PrefixStoreConfig(4, 1 << 20, 0), on_event=publisher.record)
+    tokens = list(range(64))
+    snaps = {i: torch.zeros(1, 1, 2, 2) for i in range(16)}
+    store.insert(block_hashes(tokens, 4, FP), torch.zeros(1, 64, 2), snaps)
+    assert publisher.flush() and index.lookup(HASHES).chains == {"w1": 16}
+    index.client.flushall()
+    assert publisher.flush() and index.lookup(HASHES).chains == {"w1": 16}  # first check
+    index.client.flushall()
+    assert publisher.flush() and index.lookup(HASHES).chains == {}  # checked < 1 s ago
+    time.sleep(1.05)
+    assert publisher.flush() and index.lookup(HASHES).chains == {"w1": 16}
+    assert publisher.full_refreshes == 3

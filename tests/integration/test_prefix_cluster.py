@@ -164,12 +164,10 @@ def test_redis_outage_mid_load_fails_nothing_and_hits_resume(tiny_model_dir: Pat
             _wait_until(
                 lambda: _holder(cluster, tiny_model_dir, shared) is not None, "republish", 30
             )
-            holder = _holder(cluster, tiny_model_dir, shared)
-            before = _prefill_hits(cluster)
+            # Both workers may hold the prefix by now (requests during the outage went to
+            # either): each request must be routed to a holder and reuse the whole prefix.
             for prompt in _prompts(4, 3, shared):
-                _generate(cluster, prompt)
-            after = _prefill_hits(cluster)
-            assert after[holder] - before[holder] == 3  # type: ignore[index]
+                assert _generate(cluster, prompt) == 3 * BS
     finally:
         server.stop()
 

@@ -102,8 +102,9 @@ class PrefixRouting:
         return "ok" if self.healthy and worker_ok else "degraded"
 
     async def probe_forever(self) -> None:
-        """While unhealthy, ping Redis every PROBE_INTERVAL_S so the state recovers without
-        traffic (a success makes every index healthy again on its next call)."""
+        """Ping Redis once at start, then every PROBE_INTERVAL_S while unhealthy, so the state
+        is right without traffic (a success makes every index healthy again)."""
+        await asyncio.to_thread(self._probe_all)  # a Redis down at start shows at once
         while True:
             await asyncio.sleep(PROBE_INTERVAL_S)
             if not self.healthy:

@@ -138,3 +138,20 @@ def test_a_worker_restarted_under_the_same_id_is_not_credited_with_its_old_block
         assert routing.cached_tokens(prompt, _workers(new)) == {"a": 8}
     finally:
         routing.close()
+
+
+def test_a_redis_down_at_start_shows_as_degraded_without_traffic() -> None:
+    server = RedisServer()  # a free port with nothing listening
+    routing = PrefixRouting(RedisSettings(server.url, timeout_s=0.2))
+
+    async def after_start() -> bool:
+        task = asyncio.create_task(routing.probe_forever())
+        await asyncio.sleep(0.5)
+        task.cancel()
+        return routing.healthy
+
+    try:
+        assert asyncio.run(after_start()) is False
+        assert routing.state([]) == "degraded"
+    finally:
+        routing.close()

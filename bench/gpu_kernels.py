@@ -5,7 +5,9 @@ matmul), then prints one table and appends it to bench/RESULTS.md:
   Lightning decode GB/s (% of copy) at batch 1/16/64/256, 32 heads of 128;
   Lightning prefill TFLOP/s and time relative to fla's chunk_simple_gla at 4k and 32k tokens;
   MLA decode GB/s (% of copy) at context 1k/8k/32k x batch 1/32/128;
-  fused MoE TFLOP/s (and weight GB/s) at 1/64/1024 tokens, 256 experts top-8, 4096 -> 1024.
+  fused MoE TFLOP/s (and weight GB/s) at 1/64/1024 tokens, 256 experts top-8, 4096 -> 1024;
+  one decode step of an 8-layer flash-shaped model at batch 1/16/64 against its roofline
+  (bench/decode_step.py).
 Byte counts are the bytes a kernel must move at least (fp32 state read + write, latents read,
 expert weights touched); FLOP counts are those of the chunked algorithm / the expert GEMMs.
 Without CUDA it says so and exits 0; `--dry-run` runs the same table on tiny CPU sizes
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.decode_step import decode_step_rows
 from bench.results import append_results, markdown_table
 from kernels import api
 
@@ -197,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     rows += lightning_prefill_rows(s, dev, dt, t)
     rows += mla_decode_rows(s, dev, dt, t, copy_gbs)
     rows += moe_rows(s, dev, dt, t)
+    rows += decode_step_rows(args.dry_run, dev, dt, t, copy_gbs)
     table = markdown_table(["kernel", "time", "rate", "vs ceiling", "vs fla"], rows)
     gpu = torch.cuda.get_device_name() if dev == "cuda" else "CPU dry run"
     print(f"GPU kernels on {gpu} (backend: {api.backend_for(torch.empty(0, device=dev))})")

@@ -126,7 +126,7 @@ def load_state_dict(
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name, key in entries:
                 t = _weight_values(name, f.get_tensor(key), scales.get(name), scheme)
-                tensors[name] = t.to(device=device, dtype=_storage_dtype(name, dtype))
+                tensors[name] = t.to(device=device, dtype=storage_dtype(name, dtype))
                 loaded_bytes += tensors[name].numel() * tensors[name].element_size()
         log.info(
             "loaded %s (%d/%d files, %.1f GiB so far, %.0f s)",
@@ -155,7 +155,7 @@ def _weight_values(
     return t
 
 
-def _storage_dtype(name: str, run_dtype: torch.dtype) -> torch.dtype:
+def storage_dtype(name: str, run_dtype: torch.dtype) -> torch.dtype:
     """Routing and norm weights are kept in fp32: the spec computes them in fp32."""
     if name.endswith(("layernorm.weight", "norm.weight", ".mlp.gate.weight", "expert_bias")):
         return torch.float32

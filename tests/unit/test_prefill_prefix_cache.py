@@ -130,3 +130,27 @@ def test_on_cuda_l1_lives_on_the_device_and_hits_match(tiny_model_dir: Path) -> 
     finally:
         cached.close()
         plain.close()
+
+
+def test_a_bf16_model_resumes_with_its_own_latent_dtype(tiny_model_dir: Path) -> None:
+    """The GPU's default dtype, on the CPU: bf16 latents in L1, fp32 snapshots."""
+    model = LingModel.from_pretrained(tiny_model_dir, torch.bfloat16)
+    cache = WorkerPrefixCache(PrefixCacheConfig(snapshots="every"), tiny_model_dir, "cpu")
+    cached, plain = Harness(tiny_model_dir, model, cache), Harness(tiny_model_dir, model, None)
+    try:
+        cached.run("long", LONG)
+        prompt = [*LONG[: 2 * BS], 4, 5, 6]
+        assert cached.run("hit", prompt).computed_tokens == 3
+        plain.run("hit", prompt)
+        for name, got in cached.tensors("hit").items():
+            want = plain.tensors("hit")[name]
+            assert got.dtype == want.dtype, name
+            err = ((got.float() - want.float()).abs() / (1 + want.float().abs())).max().item()
+            assert err < 2e-2, (name, err)  # bf16: chunking changes rounding, not results
+        found = cache.lookup(prompt)
+        assert found.handle is not None and found.handle.latents.dtype == torch.bfloat16
+        assert found.handle.state.dtype == torch.float32
+        cache.finished(found, len(prompt))
+    finally:
+        cached.close()
+        plain.close()

@@ -21,7 +21,7 @@ def destination_views(
     kind, layer = name.split(".")
     model = runner.model
     if kind == "state":
-        return runner.states.storage[req.seq.slot, model.linear_index[int(layer)]]
+        return runner.full_states[req.seq.slot, model.linear_index[int(layer)]]
     storage = runner.latents.storage[model.mla_index[int(layer)]]
     ps, n = runner.latents.page_size, len(req.prompt_ids)
     pages = req.seq.pages[: runner.latents.pages_for(n)]
@@ -39,6 +39,7 @@ def first_logits(
         out = runner.prefill_chunked(items, prefill_chunk)
         rows = {r.request_id: out.logits[b] for b, r in enumerate(local)}
     remote = [r for r in admitted if not r.local_prefill]
+    runner.publish([r.seq for r in remote])
     if remote:
         logits = runner.model.logits(torch.stack([r.hidden for r in remote]))
         rows |= {r.request_id: logits[b] for b, r in enumerate(remote)}

@@ -18,6 +18,7 @@ from decode_worker import request as msg
 from decode_worker.cache_io import destination_views, first_logits
 from decode_worker.request import DecodeRequest, Draining, Event, Failure, Phase, Sink
 from engine.model.ling import LingModel
+from engine.parallel.rank_link import RankLink
 from engine.runner import ModelRunner
 from engine.sampling import Sampler, SamplingParams
 from engine.stopping import StopRule
@@ -39,10 +40,11 @@ class DecodeEngine:
         eos_ids: tuple[int, ...],
         stop_check_factory: StopCheckFactory | None = None,
         metrics: WorkerMetrics | None = None,
+        ranks: RankLink | None = None,
     ) -> None:
         self.cfg, self.model = cfg, model
         self.metrics = metrics or WorkerMetrics("decode")
-        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
+        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots, ranks=ranks)
         self.eos_ids = eos_ids
         self.stop_check_factory = stop_check_factory
         self.receiver = make_receiver(
@@ -64,7 +66,7 @@ class DecodeEngine:
         self._thread.start()
 
     def _device_options(self) -> dict[str, object]:
-        pools = [self.runner.latents.storage, self.runner.states.storage]
+        pools = [self.runner.latents.storage, self.runner.full_states]
         return receiver_options(
             receiver_backend(self.cfg.transfer_backend), pools, self.model.device
         )

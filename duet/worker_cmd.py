@@ -31,14 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=run, role=role)
 
 
-def _check_unsupported_env(model_dir) -> None:  # type: ignore[no-untyped-def]
-    """Settings the engine cannot honour fail the start instead of being ignored; the declared
-    quantization must be what the checkpoint holds (FP8 weights are dequantized at load)."""
+def _check_quantization(model_dir) -> None:  # type: ignore[no-untyped-def]
+    """The declared quantization must be what the checkpoint holds (FP8 weights are dequantized
+    at load); a mismatch fails the start instead of being ignored."""
     from engine.config import load_config
 
-    tp = os.environ.get("DUET_TENSOR_PARALLEL_SIZE", "1") or "1"
-    if tp != "1":
-        raise ValueError(f"DUET_TENSOR_PARALLEL_SIZE={tp}: tensor parallelism is not supported yet")
     quant = os.environ.get("DUET_QUANTIZATION", "none") or "none"
     if quant not in ("none", "fp8"):
         raise ValueError(f"DUET_QUANTIZATION={quant}: supported values are none and fp8")
@@ -52,9 +49,10 @@ def _check_unsupported_env(model_dir) -> None:  # type: ignore[no-untyped-def]
 
 
 def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
-    from engine.model.ling import LingModel
+    """(rank 0's model, the follower ranks or None) once every rank has loaded its slice."""
+    from engine.parallel.launch import load_model_ranks
 
-    _check_unsupported_env(cfg.model_dir)
+    _check_quantization(cfg.model_dir)
 
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
@@ -65,7 +63,9 @@ def _load_model(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
             require_local(receiver_backend(cfg.transfer_backend))
         except BackendUnavailable as exc:
             raise ValueError(str(exc)) from exc
-    return LingModel.from_pretrained(cfg.model_dir, getattr(torch, cfg.dtype), cfg.device)
+    return load_model_ranks(
+        str(cfg.model_dir), cfg.dtype, cfg.device, cfg.tensor_parallel_size, cfg.tp_timeout_s
+    )
 
 
 def _stop_check_factory(model_dir):  # type: ignore[no-untyped-def]
@@ -90,15 +90,31 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from engine.parallel.rank_link import RankLost
+
     try:
         cfg = config_from_args(args.role, args)
-        model = _load_model(cfg)
-    except (ValueError, OSError) as exc:
+        model, ranks = _load_model(cfg)
+    except (ValueError, OSError, RankLost) as exc:
         sys.stderr.write(f"duet {args.role}-worker: error: {exc}\n")
         return 2
-    if cfg.role == "prefill":
-        return _run_prefill(cfg, model)
-    return _run_decode(cfg, model)
+    if ranks is not None:
+        ranks.watch(_rank_lost)
+    try:
+        if cfg.role == "prefill":
+            return _run_prefill(cfg, model, ranks)
+        return _run_decode(cfg, model, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _rank_lost(reason: str) -> None:
+    """A tensor-parallel worker missing a rank can compute nothing: exit at once, as a crash,
+    so that the gateway fails over its requests and the orchestrator restarts the pod."""
+    logging.getLogger("duet.worker").critical("%s; the worker exits", reason)
+    logging.shutdown()
+    os._exit(70)
 
 
 def worker_identity(cfg: WorkerConfig, port: int) -> str:
@@ -138,14 +154,14 @@ def _metrics(cfg: WorkerConfig):  # type: ignore[no-untyped-def]
     return metrics
 
 
-def _run_prefill(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
+def _run_prefill(cfg: WorkerConfig, model, ranks) -> int:  # type: ignore[no-untyped-def]
     from duet.grpc_server import Lifecycle, serve
     from duet.v1 import worker_pb2_grpc as pb_grpc
     from prefill_worker.engine import PrefillEngine
     from prefill_worker.service import PrefillService
 
     cache = _prefix_cache(cfg, model)
-    engine = PrefillEngine(cfg, model, _metrics(cfg), cache)
+    engine = PrefillEngine(cfg, model, _metrics(cfg), cache, ranks)
     engine.metrics.watch_load(engine.load)
 
     def add(server) -> str:  # type: ignore[no-untyped-def]
@@ -168,7 +184,7 @@ def _prefix_cache(cfg: WorkerConfig, model):  # type: ignore[no-untyped-def]
     return WorkerPrefixCache(cfg.prefix, cfg.model_dir, str(model.device))
 
 
-def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def]
+def _run_decode(cfg: WorkerConfig, model, ranks) -> int:  # type: ignore[no-untyped-def]
     from decode_worker.engine import DecodeEngine
     from decode_worker.service import DecodeService
     from duet.grpc_server import Lifecycle, serve
@@ -177,7 +193,7 @@ def _run_decode(cfg: WorkerConfig, model) -> int:  # type: ignore[no-untyped-def
     found = _stop_check_factory(cfg.model_dir)
     factory, tokenizer = found if found else (None, None)
     eos = model.cfg.eos_token_ids or (tuple(tokenizer.eos_ids) if tokenizer else ())
-    engine = DecodeEngine(cfg, model, eos, factory, _metrics(cfg))
+    engine = DecodeEngine(cfg, model, eos, factory, _metrics(cfg), ranks)
     engine.metrics.watch_load(engine.load)
 
     def add(server) -> str:  # type: ignore[no-untyped-def]

@@ -2,34 +2,29 @@
 
 A `SeqCache` names what a sequence holds in the pools (pages, one state slot, cached length);
 its owner frees it with `release` on every exit path, abort included.
+
+With tensor parallelism the leader's runner owns all allocation and drives its followers: each
+device step is announced to them (`RankLink.send`) and then run by every rank on its own slice
+(`rank_*` methods), in the same order, under one lock. Latent pages are whole on every rank;
+state slots hold each rank's heads, and the leader keeps `full_states`, the whole state of a
+slot, where transfers land (decode) and where finishing prompts are gathered (prefill).
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from engine.batch_build import build_batch, slot_mapping
 from engine.cache.pools import LatentPool, StatePool
-from engine.model.batch import ForwardBatch
 from engine.model.ling import CacheViews, LingModel
-
-
-@dataclass
-class SeqCache:
-    pages: list[int] = field(default_factory=list)
-    slot: int = -1
-    length: int = 0  # tokens whose latents and state are in the pools
-
-
-@dataclass(frozen=True)
-class PrefillItem:
-    seq: SeqCache
-    tokens: list[int]  # new tokens, at positions seq.length ...
-    snapshot_at: tuple[int, ...] = ()  # absolute token counts whose state to snapshot
+from engine.parallel.rank_link import RankLink
+from engine.sequences import PrefillItem, SeqCache
 
 
 @dataclass(frozen=True)
@@ -47,12 +42,30 @@ class ModelRunner:
         page_size: int,
         num_slots: int,
         lightning_chunk: int = 64,
+        ranks: RankLink | None = None,
     ) -> None:
-        self.model, self.cfg = model, model.cfg
+        """`ranks`: the leader's followers, which build the same runner on their slices."""
+        self.model, self.cfg, self.group, self.ranks = model, model.cfg, model.group, ranks
         self.latents = LatentPool(model.cfg, num_pages, page_size, model.dtype, model.device)
-        self.states = StatePool(model.cfg, num_slots, model.device)
+        self.states = StatePool(model.cfg, num_slots, model.device, model.local_heads)
+        self.full_states = self._full_state_storage(num_slots)
         self.cache = CacheViews(self.latents.storage, self.states.storage)
         self.lightning_chunk = lightning_chunk
+        self._device_lock = threading.Lock()
+        if ranks is not None:
+            ranks.send("runner", (num_pages, page_size, num_slots, lightning_chunk))
+
+    def _full_state_storage(self, num_slots: int) -> Tensor:
+        """The states pool itself with one rank; a whole-heads mirror on a TP leader only."""
+        if self.group.world == 1 or not self.group.is_leader:
+            return self.states.storage
+        c = self.cfg
+        shape = (num_slots, len(c.linear_layers), c.num_attention_heads, c.head_dim, c.head_dim)
+        return torch.zeros(shape, dtype=torch.float32, device=self.model.device)
+
+    def _announce(self, op: str, payload: object) -> None:
+        if self.ranks is not None:
+            self.ranks.send(op, payload)
 
     # Ownership --------------------------------------------------------------------------------
     def new_sequence(self, capacity_tokens: int) -> SeqCache:
@@ -117,95 +130,106 @@ class ModelRunner:
         return flat[:num_tokens].clone()
 
     def read_state(self, seq: SeqCache) -> Tensor:
-        return self.states.storage[seq.slot].clone()
+        """The slot's whole state (with TP: as last gathered by a prefill or sent by a peer)."""
+        return self.full_states[seq.slot].clone()
 
     def load_prefix(self, seq: SeqCache, latents: Tensor, state: Tensor) -> None:
-        """Resume point: `latents` [mla_layers, n, W] and the state after those n tokens."""
+        """Resume point: `latents` [mla_layers, n, W] and the whole state after those n tokens."""
         n = latents.shape[1]
         self.ensure_capacity(seq, n)
-        slots = self._slot_mapping(seq, 0, n)
-        pages, rows = slots // self.latents.page_size, slots % self.latents.page_size
-        self.latents.storage[:, pages, rows] = latents.to(self.latents.storage.dtype)
-        self.states.storage[seq.slot] = state
+        latents = latents.to(self.latents.storage.dtype)
+        with self._device_lock:
+            self._announce(
+                "load_prefix", (SeqCache(list(seq.pages), seq.slot), tuple(latents.shape))
+            )
+            self.rank_load_prefix(seq, latents, state)
         seq.length = n
 
+    def rank_load_prefix(self, seq: SeqCache, latents: Tensor, state: Tensor | None) -> None:
+        """Every rank: the leader's latents into the pages, its heads of `state` into the slot."""
+        n = latents.shape[1]
+        self.group.broadcast(latents)
+        slots = slot_mapping(seq, 0, n, self.latents.page_size, self.model.device)
+        pages, rows = slots // self.latents.page_size, slots % self.latents.page_size
+        self.latents.storage[:, pages, rows] = latents
+        self.group.scatter_heads(state, self.states.storage[seq.slot], dim=1)
+
+    def publish(self, seqs: list[SeqCache]) -> None:
+        """After a transfer into the leader's pages and `full_states`: give every rank the
+        sequences' latents and its heads of their states (nothing to do with one rank)."""
+        if self.group.world == 1 or not seqs:
+            return
+        views = [SeqCache(list(s.pages), s.slot, s.length) for s in seqs]
+        with self._device_lock:
+            self._announce("publish", views)
+            self.rank_publish(views)
+
+    def rank_publish(self, seqs: list[SeqCache]) -> None:
+        for s in seqs:
+            pages = torch.tensor(
+                s.pages[: self.latents.pages_for(s.length)], device=self.model.device
+            )
+            block = self.latents.storage[:, pages]
+            self.group.broadcast(block)
+            self.latents.storage[:, pages] = block
+            full = self.full_states[s.slot] if self.group.is_leader else None
+            self.group.scatter_heads(full, self.states.storage[s.slot], dim=1)
+
     # Forward ----------------------------------------------------------------------------------
-    def _slot_mapping(self, seq: SeqCache, start: int, end: int) -> Tensor:
-        pos = torch.arange(start, end)
-        ps = self.latents.page_size
-        pages = torch.tensor(seq.pages, dtype=torch.long)[pos // ps]
-        return (pages * ps + pos % ps).to(self.model.device)
-
-    def _block_tables(self, seqs: list[SeqCache]) -> Tensor:
-        width = max(len(s.pages) for s in seqs)
-        table = torch.full((len(seqs), width), -1, dtype=torch.int32)
-        for b, s in enumerate(seqs):
-            table[b, : len(s.pages)] = torch.tensor(s.pages, dtype=torch.int32)
-        return table.to(self.model.device)
-
-    def _batch(self, items: list[PrefillItem], is_decode: bool) -> tuple[ForwardBatch, list[int]]:
-        dev = self.model.device
-        seqs = [it.seq for it in items]
-        for it in items:
-            self.ensure_capacity(it.seq, it.seq.length + len(it.tokens))
-        lens = [len(it.tokens) for it in items]
-        cu = torch.zeros(len(items) + 1, dtype=torch.int64)
-        cu[1:] = torch.tensor(lens).cumsum(0)
-        snap_ends, snap_keys = [], []
-        for b, it in enumerate(items):
-            for count in it.snapshot_at:
-                if it.seq.length < count <= it.seq.length + lens[b]:
-                    snap_ends.append(int(cu[b]) + count - it.seq.length)
-                    snap_keys.append((b, count))
-        batch = ForwardBatch(
-            positions=torch.cat(
-                [torch.arange(s.length, s.length + n) for s, n in zip(seqs, lens, strict=True)]
-            ).to(dev),
-            cu_seqlens=cu.to(dev),
-            context_lens=torch.tensor(
-                [s.length + n for s, n in zip(seqs, lens, strict=True)],
-                dtype=torch.int32,
-                device=dev,
-            ),
-            block_tables=self._block_tables(seqs),
-            slot_mapping=torch.cat(
-                [
-                    self._slot_mapping(s, s.length, s.length + n)
-                    for s, n in zip(seqs, lens, strict=True)
-                ]
-            ),
-            initial_slots=torch.tensor([s.slot if s.length > 0 else -1 for s in seqs], device=dev),
-            final_slots=torch.tensor([s.slot for s in seqs], device=dev),
-            is_decode=is_decode,
-            snapshot_ends=torch.tensor(snap_ends, device=dev) if snap_ends else None,
-            chunk_size=self.lightning_chunk,
-        )
-        return batch, snap_keys
-
     def _run(
         self,
         items: list[PrefillItem],
         is_decode: bool,
         after_layer: Callable[[int], None] | None = None,
+        gather: tuple[int, ...] = (),
     ) -> PrefillOutput:
-        batch, snap_keys = self._batch(items, is_decode)
-        tokens = torch.tensor([t for it in items for t in it.tokens], device=self.model.device)
-        snaps = None
-        if snap_keys:
-            c = self.cfg
-            shape = (
-                len(snap_keys),
-                len(c.linear_layers),
-                c.num_attention_heads,
-                c.head_dim,
-                c.head_dim,
-            )
-            snaps = torch.empty(shape, dtype=torch.float32, device=self.model.device)
-        hidden = self.model.forward_cached(tokens, batch, self.cache, snaps, after_layer)
+        """One forward on every rank. `gather`: items whose whole final states the leader needs
+        in `full_states` by the time `after_layer` sees each Lightning layer."""
+        for it in items:
+            self.ensure_capacity(it.seq, it.seq.length + len(it.tokens))
+        with self._device_lock:
+            self._announce("forward", (items, is_decode, gather))
+            hidden, snap_keys, snaps = self.rank_forward(items, is_decode, gather, after_layer)
         for it in items:
             it.seq.length += len(it.tokens)
         snapshots = {key: snaps[n] for n, key in enumerate(snap_keys)} if snaps is not None else {}
         return PrefillOutput(hidden=hidden, logits=self.model.logits(hidden), snapshots=snapshots)
+
+    def rank_forward(
+        self,
+        items: list[PrefillItem],
+        is_decode: bool,
+        gather: tuple[int, ...],
+        after_layer: Callable[[int], None] | None = None,
+    ) -> tuple[Tensor, list[tuple[int, int]], Tensor | None]:
+        """Every rank: (hidden, snapshot keys, whole snapshots on the leader)."""
+        ps, dev = self.latents.page_size, self.model.device
+        batch, snap_keys = build_batch(items, is_decode, ps, self.lightning_chunk, dev)
+        tokens = torch.tensor([t for it in items for t in it.tokens], device=self.model.device)
+        snaps = None
+        if snap_keys:
+            c = self.cfg
+            shape = (len(snap_keys), len(c.linear_layers), self.model.local_heads, c.head_dim,
+                     c.head_dim)  # fmt: skip
+            snaps = torch.empty(shape, dtype=torch.float32, device=self.model.device)
+        slots = [items[b].seq.slot for b in gather]
+        hook = functools.partial(self._after_layer, slots, after_layer)
+        hidden = self.model.forward_cached(tokens, batch, self.cache, snaps, hook)
+        if snaps is not None:
+            snaps = self.group.gather_heads(snaps, dim=2)
+        return hidden, snap_keys, snaps
+
+    def _after_layer(
+        self, slots: list[int], then: Callable[[int], None] | None, layer: int
+    ) -> None:
+        if slots and self.group.world > 1 and not self.cfg.is_mla_layer(layer):
+            j = self.model.linear_index[layer]
+            index = torch.tensor(slots, device=self.model.device)
+            whole = self.group.gather_heads(self.states.storage[index, j], dim=1)
+            if whole is not None:
+                self.full_states[index, j] = whole
+        if then is not None:
+            then(layer)
 
     def prefill(self, items: list[PrefillItem]) -> PrefillOutput:
         """One prefill call over every item's new tokens (any lengths >= 1)."""
@@ -242,10 +266,11 @@ class ModelRunner:
                 for b, c in zip(active, chunk, strict=True)
                 if offsets[b] + len(c.tokens) >= len(items[b].tokens)
             ]
-            hook = None
+            hook, gather = None, ()
             if on_layer_done is not None and finishing:
                 hook = functools.partial(_call_layer_hook, on_layer_done, finishing)
-            out = self._run(chunk, is_decode=False, after_layer=hook)
+                gather = tuple(j for j, b in enumerate(active) if b in finishing)
+            out = self._run(chunk, is_decode=False, after_layer=hook, gather=gather)
             for j, b in enumerate(active):
                 offsets[b] += len(chunk[j].tokens)
                 if offsets[b] >= len(items[b].tokens):

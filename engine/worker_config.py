@@ -11,6 +11,7 @@ from pathlib import Path
 from engine.prefix_config import PrefixCacheConfig, add_prefix_args, prefix_config_from_args
 
 TRANSFER_BACKENDS = ("tcp", "cuda_ipc", "nccl", "auto")
+TP_SIZES = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,8 @@ class WorkerConfig:
     advertise_host: str | None = None
     device: str = "cpu"
     dtype: str = "float32"
+    tensor_parallel_size: int = 1
+    tp_timeout_s: float = 120.0  # deadline of every collective between the ranks
     num_pages: int = 2048
     page_size: int = 16
     num_slots: int = 64
@@ -47,6 +50,10 @@ class WorkerConfig:
             raise ValueError(f"--transfer-backend must be one of {TRANSFER_BACKENDS}")
         if self.lease_s <= 0:
             raise ValueError("--lease-s must be > 0")
+        if self.tensor_parallel_size not in TP_SIZES:
+            raise ValueError(f"--tensor-parallel-size must be one of {TP_SIZES}")
+        if self.tp_timeout_s <= 0:
+            raise ValueError("--tp-timeout-s must be > 0")
 
 
 def _env(name: str, default: str) -> str:
@@ -94,6 +101,20 @@ def _add_placement_args(p: argparse.ArgumentParser) -> None:
         choices=("float32", "bfloat16"),
         default=_env("DTYPE", "float32"),
         help="(env DUET_DTYPE, default: %(default)s)",
+    )
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=int(_env("TENSOR_PARALLEL_SIZE", "1")),
+        help="ranks per worker, each holding 1/N of the heads and MLP columns; with cuda, "
+        "rank r runs on GPU r (env DUET_TENSOR_PARALLEL_SIZE, default: %(default)s)",
+    )
+    p.add_argument(
+        "--tp-timeout-s",
+        type=float,
+        default=float(_env("TP_TIMEOUT_S", "120")),
+        help="deadline of each collective between the ranks; a rank lost mid-step fails the "
+        "worker instead of hanging it (env DUET_TP_TIMEOUT_S, default: %(default)s)",
     )
 
 
@@ -177,6 +198,8 @@ def config_from_args(role: str, args: argparse.Namespace) -> WorkerConfig:
         advertise_host=args.advertise_host,
         device=args.device,
         dtype=args.dtype,
+        tensor_parallel_size=args.tensor_parallel_size,
+        tp_timeout_s=args.tp_timeout_s,
         num_pages=args.num_pages,
         page_size=args.page_size,
         num_slots=args.num_slots,

@@ -17,6 +17,7 @@ from concurrent.futures import Future
 import torch
 
 from engine.model.ling import LingModel
+from engine.parallel.rank_link import RankLink
 from engine.runner import ModelRunner, PrefillItem, SeqCache
 from engine.transfer.base import TransferDescriptor, TransferError
 from engine.transfer.select import make_sender
@@ -37,11 +38,12 @@ class PrefillEngine:
         model: LingModel,
         metrics: WorkerMetrics | None = None,
         prefix_cache: WorkerPrefixCache | None = None,
+        ranks: RankLink | None = None,
     ) -> None:
         self.cfg, self.model = cfg, model
         self.prefix_cache = prefix_cache
         self.metrics = metrics or WorkerMetrics("prefill")
-        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots)
+        self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots, ranks=ranks)
         self._lock = threading.Condition()
         self._queue: deque[PrefillJob] = deque()
         self._jobs: dict[str, PrefillJob] = {}
@@ -221,7 +223,7 @@ class PrefillEngine:
     def _layer_tensor(self, seq: SeqCache, layer: int, num_tokens: int) -> torch.Tensor:
         if self.model.cfg.is_mla_layer(layer):
             return self.runner.layer_latents(seq, self.model.mla_index[layer], num_tokens)
-        return self.runner.states.storage[seq.slot, self.model.linear_index[layer]].clone()
+        return self.runner.full_states[seq.slot, self.model.linear_index[layer]].clone()
 
     def _resolve_when_sent(self, job: PrefillJob, compute_s: float, start: float) -> None:
         def done(f: Future[int]) -> None:

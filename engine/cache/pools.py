@@ -45,13 +45,18 @@ class LatentPool:
 
 
 class StatePool:
-    """One slot per running sequence: [linear layers, H, D, D] fp32."""
+    """One slot per running sequence: [linear layers, heads, D, D] fp32 (`heads` is this
+    tensor-parallel rank's share of the model's heads; all of them by default)."""
 
     def __init__(
-        self, cfg: ModelConfig, num_slots: int, device: str | torch.device = "cpu"
+        self,
+        cfg: ModelConfig,
+        num_slots: int,
+        device: str | torch.device = "cpu",
+        heads: int | None = None,
     ) -> None:
         self.slots = IdAllocator(num_slots, "state slots")
-        H, D = cfg.num_attention_heads, cfg.head_dim
+        H, D = heads or cfg.num_attention_heads, cfg.head_dim
         shape = (num_slots, len(cfg.linear_layers), H, D, D)
         self.storage = torch.zeros(shape, dtype=torch.float32, device=device)
 

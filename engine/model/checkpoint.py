@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -96,11 +96,16 @@ def _read_scales(scales: dict[str, tuple[Path, str]]) -> dict[str, torch.Tensor]
 
 
 def load_state_dict(
-    model_dir: str | Path, cfg: ModelConfig, dtype: torch.dtype, device: str | torch.device = "cpu"
+    model_dir: str | Path,
+    cfg: ModelConfig,
+    dtype: torch.dtype,
+    device: str | torch.device = "cpu",
+    keep: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
     """All checkpoint tensors converted to `dtype` (norms and router stay fp32; FP8 weights are
     dequantized with their scales), after checking in one pass that names and shapes are
-    exactly what the config implies. MTP is optional."""
+    exactly what the config implies. MTP is optional. `keep(name, tensor)` picks what to hold
+    of each tensor (a tensor-parallel rank's slice) before it moves to `device`."""
     model_dir = Path(model_dir)
     try:
         scheme = Fp8Scheme.from_config(cfg.raw)
@@ -126,6 +131,8 @@ def load_state_dict(
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name, key in entries:
                 t = _weight_values(name, f.get_tensor(key), scales.get(name), scheme)
+                if keep is not None:
+                    t = keep(name, t)
                 tensors[name] = t.to(device=device, dtype=storage_dtype(name, dtype))
                 loaded_bytes += tensors[name].numel() * tensors[name].element_size()
         log.info(

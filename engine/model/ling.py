@@ -22,6 +22,8 @@ from engine.model.checkpoint import load_state_dict
 from engine.model.layers.decoder import DecoderLayer
 from engine.model.layers.mtp import MTPLayer
 from engine.model.rotary import cos_sin_table
+from engine.parallel.group import SINGLE, TPGroup
+from engine.parallel.sharding import RankShard, shard_weight, shardability_problems
 from kernels import api
 
 
@@ -36,8 +38,18 @@ class CacheViews:
 
 
 class LingModel:
-    def __init__(self, cfg: ModelConfig, weights: dict[str, Tensor], dtype: torch.dtype) -> None:
-        self.cfg, self.dtype = cfg, dtype
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        weights: dict[str, Tensor],
+        dtype: torch.dtype,
+        group: TPGroup = SINGLE,
+    ) -> None:
+        """`weights` are this rank's slices when `group` has more than one rank: the model then
+        holds heads [rank * H/world, (rank + 1) * H/world) and every rank must run the same
+        forward calls in the same order (each layer all-reduces)."""
+        self.cfg, self.dtype, self.group = cfg, dtype, group
+        self.local_heads = cfg.num_attention_heads // group.world
         device = weights["lm_head.weight"].device
         self.device = device
         cs_linear = cos_sin_table(cfg, cfg.rotary_dim, device)
@@ -46,20 +58,33 @@ class LingModel:
         self.w_norm = weights["model.norm.weight"]
         self.lm_head = weights["lm_head.weight"]
         self.layers = [
-            DecoderLayer(cfg, i, weights, cs_linear, cs_mla) for i in range(cfg.num_hidden_layers)
+            DecoderLayer(cfg, i, weights, cs_linear, cs_mla, group)
+            for i in range(cfg.num_hidden_layers)
         ]
         mtp_idx = cfg.num_hidden_layers
         has_mtp = f"model.layers.{mtp_idx}.eh_proj.weight" in weights
-        self.mtp = MTPLayer(cfg, mtp_idx, weights, cs_linear, cs_mla) if has_mtp else None
+        self.mtp = MTPLayer(cfg, mtp_idx, weights, cs_linear, cs_mla, group) if has_mtp else None
         self.mla_index = {layer: j for j, layer in enumerate(cfg.mla_layers)}
         self.linear_index = {layer: j for j, layer in enumerate(cfg.linear_layers)}
 
     @classmethod
     def from_pretrained(
-        cls, model_dir: str | Path, dtype: torch.dtype = torch.float32, device: str = "cpu"
+        cls,
+        model_dir: str | Path,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+        group: TPGroup = SINGLE,
     ) -> LingModel:
+        """Load the checkpoint, keeping only this rank's slice of each tensor."""
         cfg = load_config(model_dir)
-        return cls(cfg, load_state_dict(model_dir, cfg, dtype, device), dtype)
+        problems = shardability_problems(cfg, group.world)
+        if problems:
+            raise ValueError(f"tensor parallel size {group.world}: " + "; ".join(problems))
+        shard = RankShard(group.rank, group.world)
+        weights = load_state_dict(
+            model_dir, cfg, dtype, device, lambda name, t: shard_weight(name, t, shard)
+        )
+        return cls(cfg, weights, dtype, group)
 
     def logits(self, hidden_normed: Tensor) -> Tensor:
         return F.linear(hidden_normed, self.lm_head).float()

@@ -1,5 +1,6 @@
-"""Workers check DUET_QUANTIZATION against the checkpoint: a mismatch or an unsupported value
-fails the start with a message (never a silent fallback), and an FP8 checkpoint serves."""
+"""Workers check DUET_QUANTIZATION against the checkpoint and the tensor-parallel size against
+the model: a mismatch or an unsupported value fails the start with a message (never a silent
+fallback), and an FP8 checkpoint serves."""
 
 from __future__ import annotations
 
@@ -41,7 +42,17 @@ def test_a_declared_quantization_must_match_the_checkpoint(
     err = _start_fails(fp8_dir, {"DUET_QUANTIZATION": "none"})
     assert "declares an fp8 quantization_config" in err
     assert "supported values" in _start_fails(tiny_model_dir, {"DUET_QUANTIZATION": "int4"})
-    assert "tensor parallelism" in _start_fails(tiny_model_dir, {"DUET_TENSOR_PARALLEL_SIZE": "4"})
+
+
+def test_a_tensor_parallel_size_the_model_cannot_split_fails_the_start(
+    tiny_model_dir: Path,
+) -> None:
+    err = _start_fails(tiny_model_dir, {"DUET_TENSOR_PARALLEL_SIZE": "4"})
+    assert "tensor parallel size 4: group_norm_size=2 is not divisible by 4" in err
+    err = _start_fails(tiny_model_dir, {"DUET_TENSOR_PARALLEL_SIZE": "8"})
+    assert "num_attention_heads=4 is not divisible by 8" in err
+    err = _start_fails(tiny_model_dir, {"DUET_TENSOR_PARALLEL_SIZE": "3"})
+    assert "--tensor-parallel-size must be one of (1, 2, 4, 8)" in err
 
 
 def test_an_fp8_checkpoint_serves(fp8_dir: Path) -> None:

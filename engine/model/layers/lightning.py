@@ -13,6 +13,7 @@ from torch import Tensor
 
 from engine.config import ModelConfig
 from engine.model.batch import ForwardBatch
+from engine.parallel.sharding import FULL, RankShard
 from kernels import api
 from kernels.lightning_ref import lightning_recurrent_ref
 
@@ -21,10 +22,19 @@ Weights = dict[str, Tensor]
 
 class LightningAttention:
     def __init__(
-        self, cfg: ModelConfig, layer_idx: int, w: Weights, prefix: str, cos_sin: Tensor
+        self,
+        cfg: ModelConfig,
+        layer_idx: int,
+        w: Weights,
+        prefix: str,
+        cos_sin: Tensor,
+        shard: RankShard = FULL,
     ) -> None:
+        """With tensor parallelism this rank holds heads [rank * H/world, (rank+1) * H/world)
+        and their group-norm groups; `dense` then yields a partial sum."""
         self.cfg = cfg
-        self.heads, self.head_dim = cfg.num_attention_heads, cfg.head_dim
+        self.heads, self.head_dim = cfg.num_attention_heads // shard.world, cfg.head_dim
+        self.norm_groups = cfg.group_norm_size // shard.world
         self.w_qkv = w[f"{prefix}.query_key_value.weight"]
         self.w_qnorm = w[f"{prefix}.query_layernorm.weight"]
         self.w_knorm = w[f"{prefix}.key_layernorm.weight"]
@@ -33,7 +43,8 @@ class LightningAttention:
         self.w_dense = w[f"{prefix}.dense.weight"]
         self.cos_sin = cos_sin
         device = self.w_qkv.device
-        self.log_decay = torch.tensor(cfg.lightning_log_decay(layer_idx), device=device)
+        decay = torch.tensor(cfg.lightning_log_decay(layer_idx), device=device)
+        self.log_decay = shard.part(decay, 0)
 
     def project(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q (normed, roped, scaled), k (normed, roped), v: each [T, H, D]."""
@@ -55,7 +66,7 @@ class LightningAttention:
         gate = F.linear(x, self.w_gate)
         flat = o.reshape(o.shape[0], self.heads * self.head_dim).to(x.dtype)
         y = api.group_rms_norm_gate(
-            flat, self.w_gnorm, gate, self.cfg.group_norm_size, self.cfg.rms_norm_eps
+            flat, self.w_gnorm, gate, self.norm_groups, self.cfg.rms_norm_eps
         )
         return F.linear(y, self.w_dense)
 

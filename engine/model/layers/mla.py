@@ -20,9 +20,13 @@ Weights = dict[str, Tensor]
 
 
 class MLAttention:
-    def __init__(self, cfg: ModelConfig, w: Weights, prefix: str, cos_sin: Tensor) -> None:
+    def __init__(
+        self, cfg: ModelConfig, w: Weights, prefix: str, cos_sin: Tensor, world: int = 1
+    ) -> None:
+        """With tensor parallelism this rank holds H/world heads (q_b, kv_b rows; dense
+        columns) while every rank computes and caches the whole latent."""
         self.cfg = cfg
-        self.heads = cfg.num_attention_heads
+        self.heads = cfg.num_attention_heads // world
         self.nope, self.rope = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim
         self.rank, self.v_dim = cfg.kv_lora_rank, cfg.v_head_dim
         self.w_q_a = w[f"{prefix}.q_a_proj.weight"]

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from engine.config import ModelConfig
 from engine.model.layers.decoder import DecoderLayer
+from engine.parallel.group import SINGLE, TPGroup
 from kernels import api
 
 Weights = dict[str, Tensor]
@@ -22,10 +23,11 @@ class MTPLayer:
         w: Weights,
         cos_sin_linear: Tensor,
         cos_sin_mla: Tensor,
+        group: TPGroup = SINGLE,
     ) -> None:
         p = f"model.layers.{layer_idx}"
         self.cfg = cfg
-        self.block = DecoderLayer(cfg, layer_idx, w, cos_sin_linear, cos_sin_mla)
+        self.block = DecoderLayer(cfg, layer_idx, w, cos_sin_linear, cos_sin_mla, group)
         self.w_enorm = w[f"{p}.enorm.weight"]
         self.w_hnorm = w[f"{p}.hnorm.weight"]
         self.w_eh = w[f"{p}.eh_proj.weight"]

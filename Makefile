@@ -9,7 +9,7 @@ MODEL_STAMP := $(MODEL_DIR)/model.safetensors
 MLX_STAMP := .venv-mlx/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup model proto run test lint bench bench-gpu mlx-venv clean help
+.PHONY: setup model proto gen-proto run test lint bench bench-gpu mlx-venv clean help
 
 help:
 	@echo "make run        set up and run duet on the CPU with the tiny model"
@@ -33,10 +33,16 @@ PROTOS := $(wildcard proto/duet/v1/*.proto)
 PROTO_STAMP := duet/v1/.generated
 
 $(PROTO_STAMP): $(PROTOS) $(STAMP)
-	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
-	@touch duet/v1/__init__.py $@
+	$(MAKE) --no-print-directory gen-proto
+	@touch $@
 
 proto: $(PROTO_STAMP)
+
+# The generation alone, with any Python that has grpcio-tools: the images run
+# `make gen-proto PY=python` with the environment they built (no .venv of their own).
+gen-proto:
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	@touch duet/v1/__init__.py
 
 $(MODEL_STAMP): $(STAMP)
 	$(VENV)/bin/duet build-tiny-model --out $(MODEL_DIR)
@@ -65,6 +71,7 @@ bench: setup
 	$(PY) -m bench.transfer_tcp
 	$(PY) -m bench.gateway_cost
 	$(PY) -m bench.prefix_cache
+	$(PY) -m bench.tp_cpu
 
 bench-gpu: setup
 	$(PY) -m bench.gpu_kernels

@@ -13,6 +13,7 @@ import torch
 
 from bench.results import append_results, markdown_table
 from engine.model.ling import LingModel
+from engine.parallel.rank_link import RankLink
 from engine.runner import ModelRunner, PrefillItem
 
 
@@ -25,10 +26,16 @@ def _timed(fn, repeats: int) -> float:  # type: ignore[no-untyped-def]
 
 
 def measure(
-    model: LingModel, batch: int, prompt_len: int, decode_steps: int
+    model: LingModel,
+    batch: int,
+    prompt_len: int,
+    decode_steps: int,
+    ranks: RankLink | None = None,
 ) -> tuple[float, float]:
-    """(prefill tokens/s, decode tokens/s) for `batch` prompts of `prompt_len` tokens."""
-    runner = ModelRunner(model, num_pages=batch * 64, page_size=16, num_slots=batch)
+    """(prefill tokens/s, decode tokens/s) for `batch` prompts of `prompt_len` tokens
+    (`ranks`: the followers of a tensor-parallel `model`)."""
+    pages = batch * ((prompt_len + decode_steps + 17) // 16 + 1)
+    runner = ModelRunner(model, num_pages=pages, page_size=16, num_slots=batch, ranks=ranks)
     gen = torch.Generator().manual_seed(0)
     prompts = [
         torch.randint(0, model.cfg.vocab_size, (prompt_len,), generator=gen).tolist()

@@ -137,7 +137,9 @@ class ModelRunner:
         """Resume point: `latents` [mla_layers, n, W] and the whole state after those n tokens."""
         n = latents.shape[1]
         self.ensure_capacity(seq, n)
-        latents = latents.to(self.latents.storage.dtype)
+        dev = self.model.device  # cached blocks may live on the host (L2); NCCL needs device
+        latents = latents.to(device=dev, dtype=self.latents.storage.dtype)
+        state = state.to(dev)
         with self._device_lock:
             self._announce(
                 "load_prefix", (SeqCache(list(seq.pages), seq.slot), tuple(latents.shape))

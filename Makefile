@@ -64,7 +64,7 @@ run: setup
 	$(VENV)/bin/duet up --model $(MODEL_DIR)
 
 test: setup mlx-venv lint
-	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q --durations=15 $(PYTEST_ARGS)
 
 bench: setup
 	$(PY) -m bench.cpu_engine

@@ -45,12 +45,17 @@ def workers(tiny_model_dir: Path) -> Iterator[dict[str, WorkerProc]]:
 
 
 async def _run(
-    prefill: WorkerProc, decode: WorkerProc, prompts: dict[str, list[int]], serial: bool = False
+    prefill: WorkerProc,
+    decode: WorkerProc,
+    prompts: dict[str, list[int]],
+    serial: bool = False,
+    local: bool = False,
 ) -> dict[str, list[int]]:
     stubs, channels = WorkerPair.connect(prefill.address, decode.address)
 
     async def one(rid: str, prompt: list[int]) -> list[int]:
-        return [e.token_id async for e in generate(stubs, rid, prompt, GREEDY, timeout_s=120)]
+        events = generate(stubs, rid, prompt, GREEDY, timeout_s=120, local_prefill=local)
+        return [e.token_id async for e in events]
 
     try:
         if serial:
@@ -74,6 +79,17 @@ def test_greedy_output_matches_single_process(
         assert got[rid] == want, rid
     wait_pools_empty(workers[pair[0]])
     wait_pools_empty(workers[pair[1]])
+
+
+def test_local_prefill_on_a_tp_decode_worker_matches_single_process(
+    workers: dict[str, WorkerProc], tiny_model: LingModel
+) -> None:
+    """Conditional disaggregation: every rank of the decode worker prefills its slice."""
+    found = tie_free_prompts(tiny_model, [3, 40, 90], STEPS, seed=77)
+    prompts = {f"local-{i}": p for i, (p, _) in enumerate(found)}
+    got = asyncio.run(_run(workers["p1"], workers["d2"], prompts, local=True))
+    assert [got[rid] for rid in prompts] == [want for _, want in found]
+    wait_pools_empty(workers["d2"])
 
 
 def test_prefix_hits_on_a_tp_prefill_worker_match_single_process(

@@ -61,6 +61,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="device (default: %(default)s)"
     )
+    p.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        choices=(1, 2, 4, 8),
+        default=1,
+        help="ranks sharing the model, as a worker runs them (cuda: one GPU each; "
+        "default: %(default)s)",
+    )
     p.set_defaults(func=run)
 
 
@@ -81,15 +89,19 @@ def _parse_ids(text: str) -> list[int]:
 
 def run(args: argparse.Namespace) -> int:
     from duet.generate_run import GenerateJob
+    from engine.parallel.rank_link import RankLost
 
     try:
         job = GenerateJob.from_args(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RankLost) as exc:
         return _fail(str(exc))
     try:
         result = job.run(stream=None if args.json else sys.stdout)
     except ValueError as exc:
         return _fail(str(exc))
+    finally:
+        if job.ranks is not None:
+            job.ranks.close()
     if args.json:
         print(json.dumps(result))
     return 0

@@ -11,6 +11,8 @@ import torch
 
 from engine.generation import GenerationRequest, OfflineEngine
 from engine.model.ling import LingModel
+from engine.parallel.launch import load_model_ranks
+from engine.parallel.rank_link import RankLink
 from engine.sampling import SamplingParams
 
 
@@ -33,6 +35,7 @@ class GenerateJob:
     tokenizer: Any  # engine.tokenizer.Tokenizer, or None for --prompt-ids without tokenizer files
     prompt_ids: list[int]
     params: SamplingParams
+    ranks: RankLink | None = None  # the followers of a tensor-parallel model
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> GenerateJob:
@@ -54,11 +57,14 @@ class GenerateJob:
             ignore_eos=args.ignore_eos,
             logprobs=args.logprobs,
         )
-        model = LingModel.from_pretrained(args.model, getattr(torch, args.dtype), device)
+        model, ranks = load_model_ranks(str(args.model), args.dtype, device,
+                                        args.tensor_parallel_size)  # fmt: skip
         bad = [i for i in ids if not 0 <= i < model.cfg.vocab_size]
         if bad:
+            if ranks is not None:
+                ranks.close()
             raise ValueError(f"token ids out of range [0, {model.cfg.vocab_size}): {bad[:5]}")
-        return cls(model, tokenizer, ids, params)
+        return cls(model, tokenizer, ids, params, ranks)
 
     def run(self, stream: TextIO | None) -> dict[str, Any]:
         from engine.detokenizer import IncrementalDetokenizer, StopStringMatcher
@@ -78,7 +84,7 @@ class GenerateJob:
                 stream.flush()
             return state["stopped"]
 
-        engine = OfflineEngine(self.model, _eos_ids(self.model, self.tokenizer))
+        engine = OfflineEngine(self.model, _eos_ids(self.model, self.tokenizer), ranks=self.ranks)
         request = GenerationRequest(self.prompt_ids, self.params, stop_check=on_token)
         tokens, logprobs, tops = [], [], []
         for out in engine.generate([request]):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from engine.model.ling import LingModel
+from engine.parallel.rank_link import RankLink
 from engine.runner import ModelRunner, PrefillItem, SeqCache
 from engine.sampling import SampledToken, Sampler, SamplingParams
 from engine.stopping import LENGTH, STOP, StopRule
@@ -47,8 +48,9 @@ class OfflineEngine:
         num_pages: int = 1024,
         num_slots: int = 64,
         prefill_chunk: int = 512,
+        ranks: RankLink | None = None,
     ) -> None:
-        self.runner = ModelRunner(model, num_pages, page_size, num_slots)
+        self.runner = ModelRunner(model, num_pages, page_size, num_slots, ranks=ranks)
         self.eos_ids = eos_ids or model.cfg.eos_token_ids
         self.prefill_chunk = prefill_chunk
         self.max_len = model.cfg.max_position_embeddings

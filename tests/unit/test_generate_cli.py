@@ -12,6 +12,7 @@ import pytest
 from engine.generation import GenerationRequest, OfflineEngine
 from engine.model.ling import LingModel
 from engine.sampling import SamplingParams
+from tests.integration.near_ties import tie_free_prompts
 
 
 def _duet(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -154,3 +155,18 @@ def test_abandoned_generation_frees_its_cache(tiny_model: LingModel) -> None:
     next(stream)
     stream.close()  # a client that goes away mid-generation
     assert engine.runner.latents.num_free == 32 and engine.runner.states.num_free == 4
+
+
+def test_two_ranks_generate_what_one_does(tiny_model_dir: Path, tiny_model: LingModel) -> None:
+    """`--tensor-parallel-size 2`: the worker's tensor-parallel path, from the command line."""
+    ((prompt, want),) = tie_free_prompts(tiny_model, [20], 6, seed=5)
+    ask = ("--prompt-ids", ",".join(map(str, prompt)), "--max-tokens", "6", "--ignore-eos",
+           "--logprobs", "1", "--json")  # fmt: skip
+    one = _duet("generate", "--model", str(tiny_model_dir), *ask)
+    two = _duet("generate", "--model", str(tiny_model_dir), "--tensor-parallel-size", "2", *ask)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr
+    a, b = json.loads(one.stdout), json.loads(two.stdout)
+    assert a["tokens"] == b["tokens"] == want
+    assert max(abs(x - y) for x, y in zip(a["logprobs"], b["logprobs"], strict=True)) < 1e-4
+    bad = _duet("generate", "--model", str(tiny_model_dir), "--tensor-parallel-size", "4", *ask)
+    assert bad.returncode == 2 and "group_norm_size=2 is not divisible by 4" in bad.stderr

@@ -18,6 +18,13 @@ from duet.v1 import worker_pb2 as pb
 
 log = logging.getLogger(__name__)
 CALL_TIMEOUT_S = 2.0
+# gRPC's default reconnect backoff grows past 2 s while a control plane restarts; capped at
+# 1 s, a worker registers again within about one second of the control plane coming back.
+CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.min_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
 
 
 @dataclass
@@ -30,7 +37,7 @@ class Registration:
     draining: bool = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        async with grpc.aio.insecure_channel(self.control_plane) as channel:
+        async with grpc.aio.insecure_channel(self.control_plane, CHANNEL_OPTIONS) as channel:
             stub = cpb_grpc.RegistryStub(channel)
             interval, registered = 0.5, False
             while not stop.is_set():

@@ -9,10 +9,8 @@ this table only shows the control path's overhead. Appends to bench/RESULTS.md.
 from __future__ import annotations
 
 import argparse
-import socket
 import tempfile
 import time
-from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -22,6 +20,7 @@ import torch.multiprocessing as mp
 from bench.cpu_engine import measure
 from bench.results import append_results, markdown_table
 from engine.config import load_config
+from engine.parallel.group import follower_store, init_dist_group, leader_store
 from engine.parallel.launch import load_model_ranks
 
 BATCHES = (1, 16)
@@ -31,10 +30,7 @@ PROBES = 300
 def _all_reduce_probe(rank: int, port: int, hidden: int, out: Path) -> None:
     """Rank `rank` of a bare two-process gloo group: time all-reduces of one token's hidden."""
     torch.set_num_threads(1)
-    store = dist.TCPStore(
-        "127.0.0.1", port, 2, rank == 0, timeout=timedelta(seconds=60), wait_for_workers=False
-    )
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=2)
+    init_dist_group(rank, 2, follower_store(port, 2, 60.0), "cpu", 60.0)
     t = torch.randn(1, hidden)
     for _ in range(20):
         dist.all_reduce(t)
@@ -47,12 +43,10 @@ def _all_reduce_probe(rank: int, port: int, hidden: int, out: Path) -> None:
 
 
 def all_reduce_ms(hidden: int) -> float:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    store = leader_store(3, 60.0)  # served from here; both probe ranks join as clients
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "seconds"
-        mp.spawn(_all_reduce_probe, args=(port, hidden, out), nprocs=2)
+        mp.spawn(_all_reduce_probe, args=(store.port, hidden, out), nprocs=2)
         return 1000 * float(out.read_text())
 
 

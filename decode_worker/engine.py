@@ -45,8 +45,7 @@ class DecodeEngine:
         self.cfg, self.model = cfg, model
         self.metrics = metrics or WorkerMetrics("decode")
         self.runner = ModelRunner(model, cfg.num_pages, cfg.page_size, cfg.num_slots, ranks=ranks)
-        self.eos_ids = eos_ids
-        self.stop_check_factory = stop_check_factory
+        self.eos_ids, self.stop_check_factory = eos_ids, stop_check_factory
         self.receiver = make_receiver(
             receiver_backend(cfg.transfer_backend),
             self._destination,

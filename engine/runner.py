@@ -141,9 +141,7 @@ class ModelRunner:
         latents = latents.to(device=dev, dtype=self.latents.storage.dtype)
         state = state.to(dev)
         with self._device_lock:
-            self._announce(
-                "load_prefix", (SeqCache(list(seq.pages), seq.slot), tuple(latents.shape))
-            )
+            self._announce("load_prefix", (seq, tuple(latents.shape)))
             self.rank_load_prefix(seq, latents, state)
         seq.length = n
 
@@ -161,10 +159,9 @@ class ModelRunner:
         sequences' latents and its heads of their states (nothing to do with one rank)."""
         if self.group.world == 1 or not seqs:
             return
-        views = [SeqCache(list(s.pages), s.slot, s.length) for s in seqs]
         with self._device_lock:
-            self._announce("publish", views)
-            self.rank_publish(views)
+            self._announce("publish", seqs)  # pickled by the pipe now, not later
+            self.rank_publish(seqs)
 
     def rank_publish(self, seqs: list[SeqCache]) -> None:
         for s in seqs:

@@ -30,12 +30,14 @@ class RankSpec:
     timeout_s: float
 
 
-def rank_device(device: str, rank: int) -> str:
-    return f"cuda:{rank}" if device.startswith("cuda") else device
-
-
-def cpu_threads_per_rank(world: int) -> int:
-    return max(1, (os.cpu_count() or 1) // world)
+def bind_rank_device(device: str, rank: int, world: int) -> str:
+    """This process's device for `rank` (cuda:r, or the CPU with a 1/world share of its
+    threads), made current; returns its name."""
+    if device.startswith("cuda"):
+        torch.cuda.set_device(f"cuda:{rank}")
+        return f"cuda:{rank}"
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return device
 
 
 def follower_main(spec: RankSpec, conn: Connection) -> None:
@@ -65,11 +67,7 @@ def _load(spec: RankSpec):  # type: ignore[no-untyped-def]
     from engine.model.ling import LingModel
     from engine.parallel.group import follower_store, init_dist_group
 
-    device = rank_device(spec.device, spec.rank)
-    if device.startswith("cuda"):
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(cpu_threads_per_rank(spec.world))
+    device = bind_rank_device(spec.device, spec.rank, spec.world)
     store = follower_store(spec.store_port, spec.world, spec.timeout_s)
     group = init_dist_group(spec.rank, spec.world, store, device, spec.timeout_s)
     return LingModel.from_pretrained(spec.model_dir, getattr(torch, spec.dtype), device, group)

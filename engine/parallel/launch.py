@@ -10,7 +10,7 @@ import torch
 
 from engine.config import load_config
 from engine.model.ling import LingModel
-from engine.parallel.follower import RankSpec, cpu_threads_per_rank, follower_main, rank_device
+from engine.parallel.follower import RankSpec, bind_rank_device, follower_main
 from engine.parallel.group import SINGLE, init_dist_group, leader_store
 from engine.parallel.rank_link import RankLink
 from engine.parallel.sharding import shardability_problems
@@ -43,11 +43,7 @@ def load_model_ranks(
     store = leader_store(world, load_timeout_s)
     link = _spawn_followers(model_dir, dtype, device, world, store.port, timeout_s)
     try:
-        leader_device = rank_device(device, 0)
-        if leader_device.startswith("cuda"):
-            torch.cuda.set_device(leader_device)
-        else:
-            torch.set_num_threads(cpu_threads_per_rank(world))
+        leader_device = bind_rank_device(device, 0, world)
         group = init_dist_group(0, world, store, leader_device, timeout_s)
         model = LingModel.from_pretrained(model_dir, torch_dtype, leader_device, group)
         link.wait_ready(load_timeout_s)

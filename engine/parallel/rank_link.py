@@ -31,10 +31,6 @@ class RankLink:
         self._lock = threading.Lock()
         self._closed = False
 
-    @property
-    def world(self) -> int:
-        return len(self.procs) + 1
-
     def send(self, op: str, payload: Any = None) -> None:
         """Announce the next collective step to every follower (the caller then joins it)."""
         with self._lock:
